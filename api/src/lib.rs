@@ -1,0 +1,4 @@
+//! Causeway's shared vocabulary: the records clusters exchange (Cluster,
+//! Endpoint, ServiceImport, connection status), the broker and elector traits
+//! with their etcd and Kubernetes backends, and the cluster sources that
+//! stream a cluster's own Services, EndpointSlices, ServiceExports and Nodes.

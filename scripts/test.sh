@@ -1,0 +1,2 @@
+#!/usr/bin/env bash
+# placeholder, replaced by the foundation work
