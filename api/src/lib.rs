@@ -2,3 +2,10 @@
 //! Endpoint, ServiceImport, connection status), the broker and elector traits
 //! with their etcd and Kubernetes backends, and the cluster sources that
 //! stream a cluster's own Services, EndpointSlices, ServiceExports and Nodes.
+
+pub mod records;
+
+pub use records::{
+    AnyRecord, Cluster, ClusterId, ConnectionStatus, Endpoint, GlobalCidr, Kind, RecordKey,
+    ServiceImport,
+};

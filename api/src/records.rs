@@ -1,0 +1,24 @@
+//! The records clusters exchange through the broker and mirror into their own
+//! stores: [`Cluster`], [`Endpoint`], [`ServiceImport`] and
+//! [`ConnectionStatus`].
+//!
+//! Every record is stored as a versioned envelope
+//! (`{"version":1,"kind":"Endpoint","spec":{...}}`) under a key that names the
+//! cluster that owns it (see [`RecordKey`]). [`decode`] checks the envelope,
+//! the record's own invariants and that the record names the same cluster as
+//! its key, so a malformed or foreign record is refused before anyone uses it.
+
+mod codec;
+mod ids;
+mod kinds;
+
+pub use codec::{DecodeError, ENVELOPE_VERSION, decode, encode};
+pub use ids::{ClusterId, GlobalCidr, IdError, ObjectName, WireGuardKey};
+pub use kinds::{
+    AnyRecord, CableBackend, Cluster, ConnectionState, ConnectionStatus, Endpoint,
+    HeadlessEndpoint, Kind, Protocol, RecordKey, RttStats, ServiceImport, ServiceImportType,
+    ServicePort, ValidationError,
+};
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,433 @@
+//! The record kinds and their invariants.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::ids::{ClusterId, GlobalCidr, ObjectName, WireGuardKey, is_dns_label};
+
+/// Why a record breaks its own invariants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} record {name:?} of cluster {cluster}: {reason}")]
+pub struct ValidationError {
+    /// Kind of the refused record.
+    pub kind: Kind,
+    /// Owner the record names.
+    pub cluster: String,
+    /// Record name within its owner.
+    pub name: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The kinds of record the stores hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    /// [`Cluster`].
+    Cluster,
+    /// [`Endpoint`].
+    Endpoint,
+    /// [`ServiceImport`].
+    ServiceImport,
+    /// [`ConnectionStatus`].
+    ConnectionStatus,
+}
+
+impl Kind {
+    /// Every kind, in key order.
+    pub const ALL: [Kind; 4] = [
+        Kind::Cluster,
+        Kind::Endpoint,
+        Kind::ServiceImport,
+        Kind::ConnectionStatus,
+    ];
+
+    /// The key segment that holds records of this kind.
+    pub fn segment(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cluster",
+            Kind::Endpoint => "endpoint",
+            Kind::ServiceImport => "serviceimport",
+            Kind::ConnectionStatus => "connection",
+        }
+    }
+
+    /// The kind stored under key segment `s`.
+    pub fn from_segment(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.segment() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Where a record lives: its kind, the cluster that owns it, and its name
+/// within that cluster (`<namespace>/<service>` for a ServiceImport, the peer
+/// id for a ConnectionStatus, the owner's id for Cluster and Endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordKey {
+    /// The cluster that owns (and alone may write) the record.
+    pub cluster: ClusterId,
+    /// Record kind.
+    pub kind: Kind,
+    /// Name within the owner.
+    pub name: String,
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.cluster, self.kind.segment(), self.name)
+    }
+}
+
+/// A cluster of the clusterset and the address space it brings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cluster {
+    /// The cluster's id.
+    pub id: ClusterId,
+    /// Pod CIDRs.
+    pub pod_cidrs: Vec<IpNet>,
+    /// Service CIDRs.
+    pub service_cidrs: Vec<IpNet>,
+    /// Global CIDR when Globalnet is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_cidr: Option<GlobalCidr>,
+}
+
+/// How a gateway runs its WireGuard device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CableBackend {
+    /// The kernel module.
+    Kernel,
+    /// The wireguard-go daemon.
+    WireguardGo,
+    /// Embedded userspace WireGuard (boringtun).
+    Userspace,
+}
+
+/// The active gateway of a cluster, as its peers need to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    /// The cluster this gateway serves.
+    pub cluster: ClusterId,
+    /// Node the active gateway runs on.
+    pub node_name: String,
+    /// Address peers outside the node network use, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<IpAddr>,
+    /// The node's own address.
+    pub private_ip: IpAddr,
+    /// WireGuard UDP port.
+    pub port: u16,
+    /// The cluster's WireGuard public key.
+    pub public_key: WireGuardKey,
+    /// Subnets reached through this gateway: the global CIDR under
+    /// Globalnet, else the pod and service CIDRs.
+    pub subnets: Vec<IpNet>,
+    /// How the tunnel is run.
+    pub backend: CableBackend,
+    /// Tunnel MTU.
+    pub mtu: u16,
+    /// The gateway's tunnel address, where health probes go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_ip: Option<IpAddr>,
+}
+
+/// How a ServiceImport is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ServiceImportType {
+    /// One virtual address per cluster.
+    ClusterSetIP,
+    /// No virtual address: DNS answers with endpoint addresses.
+    Headless,
+}
+
+/// L4 protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// One port of an exported service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// Port name (needed for SRV records), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port number.
+    pub port: u16,
+}
+
+/// One ready endpoint of a headless service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeadlessEndpoint {
+    /// Hostname (a StatefulSet pod's name), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Address other clusters use (a global IP under Globalnet).
+    pub address: IpAddr,
+    /// The endpoint's address inside its own cluster (the pod IP).
+    pub local_address: IpAddr,
+}
+
+/// One exported service of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceImport {
+    /// The exporting cluster.
+    pub cluster: ClusterId,
+    /// Namespace of the service.
+    pub namespace: ObjectName,
+    /// Name of the service.
+    pub name: ObjectName,
+    /// ClusterSetIP or Headless.
+    #[serde(rename = "type")]
+    pub kind: ServiceImportType,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Addresses other clusters use (global IPs under Globalnet, else the
+    /// ClusterIPs). Empty for a headless service.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// The service's ClusterIPs in the exporting cluster, which that cluster
+    /// answers its own pods with. Empty for a headless service.
+    #[serde(default)]
+    pub cluster_ips: Vec<IpAddr>,
+    /// Ready endpoints of a headless service.
+    #[serde(default)]
+    pub endpoints: Vec<HeadlessEndpoint>,
+}
+
+/// A gateway's view of its tunnel to one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionState {
+    /// Handshake done and probes answered.
+    Connected,
+    /// Being set up.
+    Connecting,
+    /// Failed; see the reason.
+    Error,
+}
+
+/// Round-trip statistics of health probes, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RttStats {
+    /// Last probe.
+    pub last_us: u64,
+    /// Minimum.
+    pub min_us: u64,
+    /// Mean.
+    pub mean_us: u64,
+    /// Maximum.
+    pub max_us: u64,
+}
+
+/// What cluster `cluster`'s active gateway reports about peer `peer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionStatus {
+    /// The reporting cluster.
+    pub cluster: ClusterId,
+    /// The peer reported on.
+    pub peer: ClusterId,
+    /// State.
+    pub state: ConnectionState,
+    /// Why, when the state is not `connected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Probe round trips, when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt: Option<RttStats>,
+    /// Since when the state holds (Unix time, milliseconds).
+    pub since_ms: u64,
+}
+
+/// Any record, for code that handles every kind (stores, mirrors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyRecord {
+    /// A [`Cluster`].
+    Cluster(Cluster),
+    /// An [`Endpoint`].
+    Endpoint(Endpoint),
+    /// A [`ServiceImport`].
+    ServiceImport(ServiceImport),
+    /// A [`ConnectionStatus`].
+    ConnectionStatus(ConnectionStatus),
+}
+
+impl AnyRecord {
+    /// The record's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            AnyRecord::Cluster(_) => Kind::Cluster,
+            AnyRecord::Endpoint(_) => Kind::Endpoint,
+            AnyRecord::ServiceImport(_) => Kind::ServiceImport,
+            AnyRecord::ConnectionStatus(_) => Kind::ConnectionStatus,
+        }
+    }
+
+    /// The cluster the record names as its owner.
+    pub fn owner(&self) -> &ClusterId {
+        match self {
+            AnyRecord::Cluster(r) => &r.id,
+            AnyRecord::Endpoint(r) => &r.cluster,
+            AnyRecord::ServiceImport(r) => &r.cluster,
+            AnyRecord::ConnectionStatus(r) => &r.cluster,
+        }
+    }
+
+    /// The record's name within its owner.
+    pub fn name(&self) -> String {
+        match self {
+            AnyRecord::Cluster(r) => r.id.to_string(),
+            AnyRecord::Endpoint(r) => r.cluster.to_string(),
+            AnyRecord::ServiceImport(r) => format!("{}/{}", r.namespace, r.name),
+            AnyRecord::ConnectionStatus(r) => r.peer.to_string(),
+        }
+    }
+
+    /// Where the record lives.
+    pub fn key(&self) -> RecordKey {
+        RecordKey {
+            cluster: self.owner().clone(),
+            kind: self.kind(),
+            name: self.name(),
+        }
+    }
+
+    /// Checks the record's own invariants.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let fail = |reason: String| ValidationError {
+            kind: self.kind(),
+            cluster: self.owner().to_string(),
+            name: self.name(),
+            reason,
+        };
+        match self {
+            AnyRecord::Cluster(c) => {
+                for net in c.pod_cidrs.iter().chain(&c.service_cidrs) {
+                    if net.trunc() != *net {
+                        return Err(fail(format!("CIDR {net} has host bits set")));
+                    }
+                }
+                if let Some(g) = c.global_cidr {
+                    let g = IpNet::V4(g.net());
+                    if let Some(n) = c
+                        .pod_cidrs
+                        .iter()
+                        .chain(&c.service_cidrs)
+                        .find(|n| overlaps(n, &g))
+                    {
+                        return Err(fail(format!("global CIDR {g} overlaps the cluster's {n}")));
+                    }
+                }
+            }
+            AnyRecord::Endpoint(e) => {
+                if e.port == 0 {
+                    return Err(fail("port 0".into()));
+                }
+                if e.mtu < 576 {
+                    return Err(fail(format!("MTU {} below 576", e.mtu)));
+                }
+                if e.node_name.is_empty() {
+                    return Err(fail("empty node name".into()));
+                }
+                if let Some(n) = e.subnets.iter().find(|n| n.trunc() != **n) {
+                    return Err(fail(format!("subnet {n} has host bits set")));
+                }
+            }
+            AnyRecord::ServiceImport(s) => {
+                if let Some(p) = s.ports.iter().find(|p| p.port == 0) {
+                    return Err(fail(format!("port 0 ({:?})", p.name)));
+                }
+                if let Some(p) = s
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.name.as_deref())
+                    .find(|n| !is_dns_label(n))
+                {
+                    return Err(fail(format!("port name {p:?} is not a DNS label")));
+                }
+                match s.kind {
+                    ServiceImportType::ClusterSetIP => {
+                        if s.addresses.is_empty() {
+                            return Err(fail("ClusterSetIP import without addresses".into()));
+                        }
+                        if !s.endpoints.is_empty() {
+                            return Err(fail("ClusterSetIP import with headless endpoints".into()));
+                        }
+                    }
+                    ServiceImportType::Headless => {
+                        if !s.addresses.is_empty() || !s.cluster_ips.is_empty() {
+                            return Err(fail("headless import with virtual addresses".into()));
+                        }
+                    }
+                }
+                if let Some(h) = s
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| e.hostname.as_deref())
+                    .find(|h| !is_dns_label(h))
+                {
+                    return Err(fail(format!("endpoint hostname {h:?} is not a DNS label")));
+                }
+            }
+            AnyRecord::ConnectionStatus(c) => {
+                if c.peer == c.cluster {
+                    return Err(fail("a cluster reports on itself".into()));
+                }
+                if c.state == ConnectionState::Error && c.reason.is_none() {
+                    return Err(fail("error state without a reason".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True when two networks share an address.
+pub(crate) fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+macro_rules! any_from {
+    ($($t:ident),*) => {$(
+        impl From<$t> for AnyRecord {
+            fn from(r: $t) -> Self {
+                AnyRecord::$t(r)
+            }
+        }
+
+        impl TryFrom<AnyRecord> for $t {
+            type Error = AnyRecord;
+            fn try_from(r: AnyRecord) -> Result<Self, AnyRecord> {
+                match r {
+                    AnyRecord::$t(r) => Ok(r),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+
+any_from!(Cluster, Endpoint, ServiceImport, ConnectionStatus);
