@@ -9,3 +9,10 @@ pub use records::{
     AnyRecord, Cluster, ClusterId, ConnectionStatus, Endpoint, GlobalCidr, Kind, RecordKey,
     ServiceImport,
 };
+pub mod error;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use store::{FakeStore, RecordSet, Store, WatchEvent};
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -1,0 +1,141 @@
+//! Test fixtures (feature `testing`): a real etcd on loopback.
+//!
+//! [`EtcdFixture`] runs the `etcd` binary (Debian `etcd-server`) on
+//! 127.0.0.1 with free ports and a temporary data dir, with the flags that
+//! allow 1 s leases (Settled decision 6) and auto-compaction, and kills it
+//! on drop.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::store::EtcdConfig;
+
+/// A running etcd for one test. Killed (and its data removed) on drop.
+#[derive(Debug)]
+pub struct EtcdFixture {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl EtcdFixture {
+    /// Starts etcd with the default test flags.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts etcd with extra flags (`--auth-token-ttl=2`, ...).
+    pub async fn start_with(extra: &[&str]) -> Self {
+        let mut f = Self {
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        f.spawn().await;
+        f
+    }
+
+    /// The client URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// A store config for this etcd (no credentials).
+    pub fn config(&self) -> EtcdConfig {
+        EtcdConfig::new([self.endpoint()])
+    }
+
+    /// Kills etcd (SIGKILL), keeping its data.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data after [`Self::kill`].
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let data = self.dir.path().join("data");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log file");
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .arg("--auto-compaction-retention=1")
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (Debian package etcd-server)");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Ok(mut c)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                etcd_client::Client::connect([self.endpoint()], None),
+            )
+            .await
+                && let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_secs(1), c.get("/ready-probe", None)).await
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("etcd exited with {status}; log: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd not ready in 15 s; log: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// etcd's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdFixture {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
