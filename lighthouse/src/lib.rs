@@ -1,3 +1,53 @@
 //! Lighthouse: the export agent turns local ServiceExports into ServiceImport
 //! records; the DNS server answers `clusterset.local` from the imports of
 //! every cluster whose tunnel is up.
+//!
+//! The DNS side flows one way: an updater (fed by the local store's
+//! ServiceImport and connection-status records) edits a [`dns::Index`] and
+//! publishes it through a [`dns::IndexHandle`]; the [`dns::server`] decodes
+//! each packet, asks the pure [`dns::resolve`] for the answer against the
+//! current snapshot, and encodes it within the client's size limit.
+//! [`corefile`] renders the CoreDNS stanza that forwards the zone here.
+
+pub mod corefile;
+pub mod dns;
+
+/// Errors of the lighthouse crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A cluster id, namespace or name that is not one DNS label.
+    #[error("{what} {value:?} is not a DNS label (letters, digits and '-', at most 63)")]
+    InvalidLabel {
+        /// What was being named.
+        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A zone that cannot be served.
+    #[error(
+        "zone {zone:?} cannot be served: {reason}; pass a domain such as clusterset.local with --zone"
+    )]
+    InvalidZone {
+        /// The zone given.
+        zone: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The server could not bind its sockets.
+    #[error("bind DNS {transport} socket on {addr}: {source}; pick another address with --listen")]
+    Bind {
+        /// `udp` or `tcp`.
+        transport: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `causeway lighthouse corefile --flavour` with an unknown value.
+    #[error("unknown CoreDNS flavour {0:?}; use kubeadm, k3s or rke2")]
+    InvalidFlavour(String),
+    /// A metric could not be registered or encoded.
+    #[error("encode metrics: {0}")]
+    Metrics(#[from] std::fmt::Error),
+}
