@@ -1,1 +1,192 @@
-fn main() {}
+//! `causeway`: one binary for every role. A thin clap shell over the
+//! library; commands that enter a namespace do so here, before any runtime
+//! or thread starts (DESIGN.md, settled decision 13).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use causeway_cli::lab::{self, plan::LabName, plan::LabSpec};
+use causeway_cli::netns;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "causeway",
+    version,
+    about = "Connects Kubernetes clusters whose networks overlap"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Simulated clusters in network namespaces on this machine.
+    #[command(subcommand)]
+    Lab(LabCmd),
+    /// Run a command inside a named network namespace (what `lab exec` and
+    /// the lab's daemons go through).
+    #[command(hide = true)]
+    Enter {
+        #[arg(long)]
+        netns: String,
+        /// A file to show as /etc/resolv.conf inside.
+        #[arg(long)]
+        resolv_conf: Option<PathBuf>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<OsString>,
+    },
+}
+
+#[derive(Args)]
+struct LabName_ {
+    /// The lab's name: it prefixes every namespace the lab makes.
+    #[arg(long, default_value = "demo", env = "CAUSEWAY_LAB")]
+    name: LabName,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the clusters and start their daemons.
+    Up {
+        #[command(flatten)]
+        lab: LabName_,
+        /// How many clusters (named a, b, c, ...).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=lab::plan::MAX_CLUSTERS as i64))]
+        clusters: u8,
+        /// Give each cluster its own pod, service and node CIDRs instead of
+        /// the same kubeadm defaults.
+        #[arg(long)]
+        distinct_cidrs: bool,
+    },
+    /// Stop every process of the lab and remove everything it made.
+    Down {
+        #[command(flatten)]
+        lab: LabName_,
+    },
+    /// Clusters, nodes, pods, addresses and daemons of the lab.
+    Status {
+        #[command(flatten)]
+        lab: LabName_,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Run a command inside a pod or node, as `kubectl exec` would.
+    Exec {
+        #[command(flatten)]
+        lab: LabName_,
+        /// CLUSTER/POD or CLUSTER/NODE, for example a/client-0 or b/node-1.
+        target: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        cmd: Vec<OsString>,
+    },
+    /// The main job: two clusters with identical CIDRs, end to end.
+    Demo {
+        #[command(flatten)]
+        lab: LabName_,
+        /// Leave the lab up at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The HTTP echo server the lab's web pods run.
+    Echo {
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        pod: String,
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        // These replace the process: they must run before any thread starts.
+        Cmd::Enter {
+            netns,
+            resolv_conf,
+            cmd,
+        } => {
+            netns::enter_and_exec(&netns, resolv_conf.as_deref(), &cmd)?;
+            Ok(())
+        }
+        Cmd::Lab(LabCmd::Exec { lab, target, cmd }) => {
+            lab::exec(&lab.name, &target, &cmd)?;
+            Ok(())
+        }
+        Cmd::Lab(cmd) => run_lab(cmd),
+    }
+}
+
+fn run_lab(cmd: LabCmd) -> Result<()> {
+    match cmd {
+        LabCmd::Up {
+            lab,
+            clusters,
+            distinct_cidrs,
+        } => {
+            let state = lab::up(LabSpec {
+                name: lab.name.clone(),
+                clusters,
+                distinct_cidrs,
+            })?;
+            print!(
+                "{}",
+                lab::render_status(&lab::status(&state.plan.spec.name)?)
+            );
+            Ok(())
+        }
+        LabCmd::Down { lab } => {
+            if lab::down(&lab.name)? {
+                println!("lab {} is down", lab.name);
+            } else {
+                println!("lab {} was not up; nothing to do", lab.name);
+            }
+            Ok(())
+        }
+        LabCmd::Status { lab, output } => {
+            let status = lab::status(&lab.name)?;
+            match output {
+                Output::Text => print!("{}", lab::render_status(&status)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+            }
+            Ok(())
+        }
+        LabCmd::Demo { lab, keep } => lab::demo::run(lab.name, keep),
+        LabCmd::Echo {
+            cluster,
+            pod,
+            listen,
+        } => tokio::runtime::Runtime::new()?.block_on(lab::echo::serve(listen, cluster, pod)),
+        LabCmd::Exec { .. } => unreachable!("handled before any thread starts"),
+    }
+}

@@ -1,1 +1,169 @@
-//! Helpers for the end-to-end tests: the lab fixture and commands run in its pods.
+//! Helpers for the end-to-end tests: the lab fixture, commands run in its
+//! pods, and the checks that the machine can run them at all.
+//!
+//! These tests need root and network namespaces. They never skip: on a
+//! machine that cannot run them they fail and say why, so CI cannot pass
+//! without having run them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+/// The `causeway` binary under test: `$CAUSEWAY_BIN`, else the workspace's
+/// debug build.
+pub fn causeway_bin() -> PathBuf {
+    let bin = std::env::var_os("CAUSEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/causeway")
+        });
+    assert!(
+        bin.exists(),
+        "no causeway binary at {}: build it with `cargo build -p causeway-cli` or set CAUSEWAY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails the test, loudly, where end-to-end tests cannot run.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests need root (they build network namespaces): run scripts/test.sh as root"
+    );
+}
+
+/// A lab name no other test in this run uses.
+pub fn unique_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("t{tag}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Runs `causeway ARGS`.
+pub fn causeway(args: &[&str]) -> Output {
+    Command::new(causeway_bin())
+        .args(args)
+        .output()
+        .expect("run the causeway binary")
+}
+
+/// Stdout of a command that must succeed.
+pub fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Stderr of a command that must fail.
+pub fn fails(out: Output, what: &str) -> String {
+    assert!(
+        !out.status.success(),
+        "{what} should have failed but succeeded:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).expect("utf-8 output")
+}
+
+/// Namespaces on this machine whose name starts with `prefix`.
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names of the links in the host's own namespace.
+pub fn host_links() -> Vec<String> {
+    let mut links: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .expect("read /sys/class/net")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    links.sort();
+    links
+}
+
+/// Whether process `pid` is alive: present and not a zombie (a daemon whose
+/// parent exited waits for a reaper that may be slow to come).
+pub fn is_running(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// A lab that is taken down when the test ends, pass or fail.
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    /// `causeway lab up --name <unique> EXTRA...`
+    pub fn up(tag: &str, extra: &[&str]) -> Self {
+        require_root();
+        let lab = Self {
+            name: unique_name(tag),
+        };
+        let mut args = vec!["lab", "up", "--name", &lab.name];
+        args.extend_from_slice(extra);
+        ok(causeway(&args), "lab up");
+        lab
+    }
+
+    /// `causeway lab exec --name LAB TARGET -- CMD...`
+    pub fn exec(&self, target: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["lab", "exec", "--name", &self.name, target, "--"];
+        args.extend_from_slice(cmd);
+        causeway(&args)
+    }
+
+    /// The body of an HTTP GET from `target`, which must succeed.
+    pub fn http_get(&self, target: &str, url: &str) -> String {
+        let out = self.exec(target, &["curl", "-sS", "--max-time", "5", url]);
+        ok(out, &format!("GET {url} from {target}"))
+    }
+
+    /// The echo server's JSON answer to a GET from `target`.
+    pub fn echo(&self, target: &str, url: &str) -> Value {
+        let body = self.http_get(target, url);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url} answered {body:?}: {e}"))
+    }
+
+    /// `causeway lab status -o json`
+    pub fn status(&self) -> Value {
+        let out = ok(
+            causeway(&["lab", "status", "--name", &self.name, "-o", "json"]),
+            "lab status",
+        );
+        serde_json::from_str(&out).expect("status is JSON")
+    }
+
+    /// The namespace prefix of this lab.
+    pub fn netns_prefix(&self) -> String {
+        format!("cw.{}.", self.name)
+    }
+
+    /// `causeway lab down`, checked.
+    pub fn down(&self) {
+        ok(causeway(&["lab", "down", "--name", &self.name]), "lab down");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = causeway(&["lab", "down", "--name", &self.name]);
+    }
+}

@@ -1,0 +1,379 @@
+//! `causeway lab`: simulated clusters built from network namespaces on one
+//! machine, running the real daemons.
+//!
+//! [`plan`] computes every namespace, link and address from the spec;
+//! [`build`] realises that plan through rtnetlink and `nft`; [`state`]
+//! records what was made under `/run/causeway/lab/NAME/` so that `status`,
+//! `exec` and `down` work from any later process; the lab's pods run
+//! [`echo`]; [`manifests`] are each cluster's "Kubernetes API". Nothing is
+//! ever added to the host's own namespace.
+
+pub mod build;
+pub mod demo;
+pub mod echo;
+pub mod manifests;
+pub mod plan;
+pub mod state;
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::netns;
+use plan::{ClusterPlan, ECHO_PORT, LabName, LabPlan, LabSpec, WanPlan, netns_prefix};
+use state::{LabState, ProcessRecord, run_dir};
+
+/// Builds lab `spec.name` and starts its daemons. Refuses a name that is up
+/// already; a build that fails halfway is taken down again.
+pub fn up(spec: LabSpec) -> Result<LabState> {
+    let plan = LabPlan::new(spec).map_err(|e| anyhow!(e))?;
+    let name = plan.spec.name.clone();
+    if is_up(&name) {
+        bail!(
+            "lab {name} is already up: see `causeway lab status --name {name}`, \
+             or take it down first with `causeway lab down --name {name}`"
+        );
+    }
+    let mut state = LabState::new(plan);
+    state.save()?;
+    match populate(&mut state) {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            if let Err(cleanup) = down(&name) {
+                tracing::error!(error = %cleanup, "could not remove the half-built lab");
+            }
+            Err(e.context(format!(
+                "lab {name} could not be built; what it had made is removed"
+            )))
+        }
+    }
+}
+
+fn populate(state: &mut LabState) -> Result<()> {
+    let plan = state.plan.clone();
+    build::build(&plan, state)?;
+    for cluster in &plan.clusters {
+        manifests::write(cluster, &state.manifests_dir(&cluster.name))?;
+    }
+    for cluster in &plan.clusters {
+        for pod in cluster.pods.iter().filter(|p| p.app == "web") {
+            let args = [
+                "lab",
+                "echo",
+                "--cluster",
+                &cluster.name,
+                "--pod",
+                &pod.name,
+                "--listen",
+                &format!("0.0.0.0:{ECHO_PORT}"),
+            ];
+            spawn(
+                state,
+                &format!("{}/{}", cluster.name, pod.name),
+                &pod.netns,
+                "echo",
+                &args,
+            )?;
+        }
+    }
+    for cluster in &plan.clusters {
+        for pod in cluster.pods.iter().filter(|p| p.app == "web") {
+            wait_for_port(&pod.netns, SocketAddr::from(([127, 0, 0, 1], ECHO_PORT)))?;
+        }
+    }
+    Ok(())
+}
+
+/// True when anything of lab `name` exists: its run directory or a namespace.
+pub fn is_up(name: &LabName) -> bool {
+    run_dir(name).exists() || !netns::list_with_prefix(&netns_prefix(name)).is_empty()
+}
+
+/// Starts `causeway ARGS` inside `netns` as a daemon of the lab, logging to
+/// the lab's log directory.
+fn spawn(state: &mut LabState, target: &str, netns: &str, role: &str, args: &[&str]) -> Result<()> {
+    let exe = std::env::current_exe().context("find the causeway binary")?;
+    let logs = state.logs_dir();
+    fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
+    let log = logs.join(format!("{}-{role}.log", target.replace('/', "-")));
+    let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+    let mut child = Command::new(&exe)
+        .args(["enter", "--netns", netns, "--"])
+        .arg(&exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        // Its own process group, so a Ctrl-C meant for `lab up` spares it.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("start {role} in {target}"))?;
+    let pid = child.id() as i32;
+    // Reap it when it ends, so a long-lived caller (the demo) keeps no zombie.
+    std::thread::spawn(move || child.wait());
+    state.record_process(ProcessRecord {
+        target: target.to_owned(),
+        netns: netns.to_owned(),
+        role: role.to_owned(),
+        pid,
+        log,
+    })
+}
+
+/// Waits until something listens on `addr` inside `netns`.
+fn wait_for_port(netns: &str, addr: SocketAddr) -> Result<()> {
+    let ns = netns.to_owned();
+    netns::within(netns, move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nothing listens on {addr} in {ns} after 10 s: see the lab's logs");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// Stops every process inside the lab's namespaces and removes the
+/// namespaces and the run directory. Works from the state file, and without
+/// it from the namespace names alone, so it also cleans up after a crash.
+/// Returns whether there was anything to take down.
+pub fn down(name: &LabName) -> Result<bool> {
+    let prefix = netns_prefix(name);
+    let mut namespaces: BTreeSet<String> = netns::list_with_prefix(&prefix).into_iter().collect();
+    if let Ok(Some(state)) = LabState::load(name) {
+        namespaces.extend(state.namespaces.into_iter().filter(|n| netns::exists(n)));
+    }
+    let dir = run_dir(name);
+    let was_up = !namespaces.is_empty() || dir.exists();
+    stop_processes(&namespaces)?;
+    for ns in &namespaces {
+        netns::delete(ns)?;
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    let left = netns::list_with_prefix(&prefix);
+    if !left.is_empty() {
+        bail!("namespaces {left:?} are still there after `lab down`");
+    }
+    Ok(was_up)
+}
+
+/// SIGTERM, then SIGKILL, every process whose network namespace is one of
+/// `namespaces`, whoever started it (a daemon, or a `lab exec` left running).
+fn stop_processes(namespaces: &BTreeSet<String>) -> Result<()> {
+    let inodes: Vec<u64> = namespaces.iter().filter_map(|n| netns::inode(n)).collect();
+    for (signal, grace) in [
+        (Signal::SIGTERM, Duration::from_secs(3)),
+        (Signal::SIGKILL, Duration::from_secs(3)),
+    ] {
+        let pids = netns::pids_in(&inodes);
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), signal);
+        }
+        let deadline = Instant::now() + grace;
+        while !netns::pids_in(&inodes).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let left = netns::pids_in(&inodes);
+    if !left.is_empty() {
+        bail!("processes {left:?} in the lab's namespaces survived SIGKILL");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` inside `target` (`CLUSTER/POD` or `CLUSTER/NODE`) of lab
+/// `name`, as `kubectl exec` would: this process becomes the command.
+pub fn exec(name: &LabName, target: &str, cmd: &[OsString]) -> Result<Infallible> {
+    let state = load(name)?;
+    let netns = resolve(&state.plan, target)?;
+    netns::enter_and_exec(netns, None, cmd)
+}
+
+/// The state of lab `name`, or an error that says how to start it.
+pub fn load(name: &LabName) -> Result<LabState> {
+    LabState::load(name)?.ok_or_else(|| {
+        anyhow!("lab {name} is not up: start it with `causeway lab up --name {name}`")
+    })
+}
+
+/// The namespace of `CLUSTER/MEMBER`, or an error listing what exists.
+pub fn resolve<'a>(plan: &'a LabPlan, target: &str) -> Result<&'a str> {
+    let known = || {
+        plan.clusters
+            .iter()
+            .flat_map(|c| {
+                c.nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .chain(c.pods.iter().map(|p| p.name.as_str()))
+                    .map(move |m| format!("{}/{m}", c.name))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some((cluster, member)) = target.split_once('/') else {
+        bail!(
+            "{target:?} is not CLUSTER/POD or CLUSTER/NODE; lab {} has {}",
+            plan.spec.name,
+            known()
+        );
+    };
+    plan.member_netns(cluster, member).ok_or_else(|| {
+        anyhow!(
+            "no pod or node {target} in lab {}; it has {}",
+            plan.spec.name,
+            known()
+        )
+    })
+}
+
+/// What `causeway lab status` reports.
+#[derive(Debug, Serialize)]
+pub struct LabStatus {
+    pub name: LabName,
+    pub run_dir: String,
+    pub distinct_cidrs: bool,
+    pub wan: WanPlan,
+    pub clusters: Vec<ClusterPlan>,
+    pub processes: Vec<ProcessStatus>,
+}
+
+/// A daemon of the lab and whether it still runs.
+#[derive(Debug, Serialize)]
+pub struct ProcessStatus {
+    #[serde(flatten)]
+    pub record: ProcessRecord,
+    pub running: bool,
+}
+
+pub fn status(name: &LabName) -> Result<LabStatus> {
+    let state = load(name)?;
+    let processes = state
+        .processes
+        .iter()
+        .map(|p| ProcessStatus {
+            running: is_running(p.pid),
+            record: p.clone(),
+        })
+        .collect();
+    Ok(LabStatus {
+        name: name.clone(),
+        run_dir: state.dir().display().to_string(),
+        distinct_cidrs: state.plan.spec.distinct_cidrs,
+        wan: state.plan.wan.clone(),
+        clusters: state.plan.clusters.clone(),
+        processes,
+    })
+}
+
+/// A live process: not gone and not a zombie.
+fn is_running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            // The state follows the parenthesised command name.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// The status as a person reads it.
+pub fn render_status(s: &LabStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let cidrs = if s.distinct_cidrs {
+        "distinct"
+    } else {
+        "identical"
+    };
+    let _ = writeln!(
+        out,
+        "lab {} ({cidrs} CIDRs), run directory {}",
+        s.name, s.run_dir
+    );
+    let _ = writeln!(
+        out,
+        "wan {}  broker {} in {}",
+        s.wan.cidr, s.wan.broker_ip, s.wan.broker_netns
+    );
+    for c in &s.clusters {
+        let _ = writeln!(
+            out,
+            "\ncluster {}  pods {}  services {}  nodes {}",
+            c.name, c.pod_cidr, c.service_cidr, c.node_cidr
+        );
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<16} {:<16} {:<16} ROLE",
+            "NODE", "ADDRESS", "WAN", "POD SLICE"
+        );
+        for n in &c.nodes {
+            let wan = n
+                .wan_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_else(|| "-".into());
+            let role = if n.is_gateway_candidate() {
+                "gateway candidate"
+            } else {
+                "worker"
+            };
+            let _ = writeln!(
+                out,
+                "  {:<10} {:<16} {:<16} {:<16} {role}",
+                n.name,
+                n.ip,
+                wan,
+                n.pod_slice.to_string()
+            );
+        }
+        let _ = writeln!(out, "  {:<10} {:<16} {:<16}", "POD", "ADDRESS", "NODE");
+        for p in &c.pods {
+            let _ = writeln!(out, "  {:<10} {:<16} {:<16}", p.name, p.ip, p.node);
+        }
+        for svc in &c.services {
+            let _ = writeln!(
+                out,
+                "  service {}/{} {}:{} -> pods app={} :{}",
+                svc.namespace, svc.name, svc.cluster_ip, svc.port, svc.app, svc.target_port
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<14} {:<8} {:<8} {:<8} LOG",
+        "WHERE", "ROLE", "PID", "STATE"
+    );
+    for p in &s.processes {
+        let state = if p.running { "running" } else { "exited" };
+        let _ = writeln!(
+            out,
+            "{:<14} {:<8} {:<8} {:<8} {}",
+            p.record.target,
+            p.record.role,
+            p.record.pid,
+            state,
+            p.record.log.display()
+        );
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! The `causeway` binary's library: the lab (simulated clusters in network
+//! namespaces) and the namespace plumbing every daemon started inside one
+//! relies on. `main.rs` is a thin clap shell over it.
+
+pub mod lab;
+pub mod netns;
