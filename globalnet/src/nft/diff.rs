@@ -1,0 +1,487 @@
+//! The difference between a planned table and the table the kernel holds, as
+//! a list of operations that `nft` applies in one transaction.
+
+use std::collections::BTreeMap;
+
+use super::model::{BaseChain, Chain, Family, Rule, Set, Table, Value};
+
+/// What the kernel holds in one table, as far as the applier needs to know.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// Chains by name.
+    pub chains: BTreeMap<String, ObservedChain>,
+    /// Sets and maps by name, with their elements.
+    pub sets: BTreeMap<String, Set>,
+}
+
+/// One chain as listed.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ObservedChain {
+    /// Hook, type and priority of a base chain.
+    pub base: Option<BaseChain>,
+    /// The comment of each rule in order (see [`Rule::kernel_comment`]).
+    pub rule_comments: Vec<Option<String>>,
+}
+
+impl Observed {
+    /// What the kernel would list right after `table` was applied.
+    pub fn of_plan(table: &Table) -> Observed {
+        Observed {
+            chains: table
+                .chains
+                .iter()
+                .map(|(name, chain)| (name.clone(), ObservedChain::of_plan(chain)))
+                .collect(),
+            sets: table.sets.clone(),
+        }
+    }
+}
+
+impl ObservedChain {
+    fn of_plan(chain: &Chain) -> ObservedChain {
+        ObservedChain {
+            base: chain.base,
+            rule_comments: chain
+                .rules
+                .iter()
+                .map(|r| Some(r.kernel_comment()))
+                .collect(),
+        }
+    }
+}
+
+/// One step of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `add table`.
+    AddTable,
+    /// `delete table`.
+    DeleteTable,
+    /// `add chain` (base chain when `base` is set).
+    AddChain {
+        /// Chain name.
+        name: String,
+        /// Hook, type, priority.
+        base: Option<BaseChain>,
+    },
+    /// `flush chain`.
+    FlushChain(String),
+    /// `delete chain`.
+    DeleteChain(String),
+    /// `add rule` (appended).
+    AddRule {
+        /// Chain name.
+        chain: String,
+        /// The rule.
+        rule: Rule,
+    },
+    /// `add set` / `add map`, declaration only (elements follow in `AddElements`).
+    AddSet {
+        /// Set name.
+        name: String,
+        /// Declaration; its elements are ignored.
+        set: Set,
+    },
+    /// `delete set` / `delete map`.
+    DeleteSet {
+        /// Set name.
+        name: String,
+        /// Whether it is a map.
+        is_map: bool,
+    },
+    /// `add element`.
+    AddElements {
+        /// Set name.
+        set: String,
+        /// Keys and, for a map, values.
+        elements: Vec<(Value, Option<Value>)>,
+    },
+    /// `delete element` (by key).
+    DeleteElements {
+        /// Set name.
+        set: String,
+        /// Keys.
+        keys: Vec<Value>,
+    },
+}
+
+/// A transaction on one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Table family.
+    pub family: Family,
+    /// Table name.
+    pub table: String,
+    /// Steps in order.
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Counts of operations by kind, for logs and tests.
+    pub fn summary(&self) -> BatchSummary {
+        let mut s = BatchSummary::default();
+        for op in &self.ops {
+            match op {
+                Op::AddTable => s.tables_added += 1,
+                Op::DeleteTable => s.tables_deleted += 1,
+                Op::AddChain { .. } => s.chains_added += 1,
+                Op::FlushChain(_) => s.chains_flushed += 1,
+                Op::DeleteChain(_) => s.chains_deleted += 1,
+                Op::AddRule { .. } => s.rules_added += 1,
+                Op::AddSet { .. } => s.sets_added += 1,
+                Op::DeleteSet { .. } => s.sets_deleted += 1,
+                Op::AddElements { elements, .. } => s.elements_added += elements.len(),
+                Op::DeleteElements { keys, .. } => s.elements_deleted += keys.len(),
+            }
+        }
+        s
+    }
+}
+
+/// How many things of each kind a batch changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BatchSummary {
+    /// Tables added.
+    pub tables_added: usize,
+    /// Tables deleted.
+    pub tables_deleted: usize,
+    /// Chains added.
+    pub chains_added: usize,
+    /// Chains flushed (before rewrite or deletion).
+    pub chains_flushed: usize,
+    /// Chains deleted.
+    pub chains_deleted: usize,
+    /// Rules added.
+    pub rules_added: usize,
+    /// Sets and maps added.
+    pub sets_added: usize,
+    /// Sets and maps deleted.
+    pub sets_deleted: usize,
+    /// Set and map elements added.
+    pub elements_added: usize,
+    /// Set and map elements deleted.
+    pub elements_deleted: usize,
+}
+
+impl BatchSummary {
+    /// Whether only set and map elements change.
+    pub fn only_elements(&self) -> bool {
+        *self
+            == BatchSummary {
+                elements_added: self.elements_added,
+                elements_deleted: self.elements_deleted,
+                ..BatchSummary::default()
+            }
+    }
+}
+
+/// The transaction that turns `observed` (or no table at all) into `plan`.
+///
+/// Map and set elements are added and removed on their own; a chain is
+/// flushed and rewritten only when its rules differ; a declaration that
+/// cannot be changed in place (a set's type, a base chain's hook or
+/// priority) makes the whole table be rebuilt, still in one transaction.
+pub fn diff(plan: &Table, observed: Option<&Observed>) -> Batch {
+    let mut ops = Vec::new();
+    match observed {
+        None => create_all(plan, &mut ops),
+        Some(obs) if needs_rebuild(plan, obs) => {
+            ops.push(Op::DeleteTable);
+            create_all(plan, &mut ops);
+        }
+        Some(obs) => update(plan, obs, &mut ops),
+    }
+    Batch {
+        family: plan.family,
+        table: plan.name.clone(),
+        ops,
+    }
+}
+
+fn needs_rebuild(plan: &Table, obs: &Observed) -> bool {
+    let chain_changed = plan.chains.iter().any(|(name, chain)| {
+        obs.chains
+            .get(name)
+            .is_some_and(|have| have.base != chain.base)
+    });
+    let set_changed = plan.sets.iter().any(|(name, set)| {
+        obs.sets
+            .get(name)
+            .is_some_and(|have| !have.same_declaration(set))
+    });
+    chain_changed || set_changed
+}
+
+fn create_all(plan: &Table, ops: &mut Vec<Op>) {
+    ops.push(Op::AddTable);
+    // Chains first (verdict-map elements and jumps name them), then sets
+    // (rules name them), then elements, then rules.
+    for (name, chain) in &plan.chains {
+        ops.push(Op::AddChain {
+            name: name.clone(),
+            base: chain.base,
+        });
+    }
+    for (name, set) in &plan.sets {
+        ops.push(Op::AddSet {
+            name: name.clone(),
+            set: declaration(set),
+        });
+    }
+    for (name, set) in &plan.sets {
+        if !set.elements.is_empty() {
+            ops.push(Op::AddElements {
+                set: name.clone(),
+                elements: set
+                    .elements
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
+    }
+    for (name, chain) in &plan.chains {
+        add_rules(name, chain, ops);
+    }
+}
+
+fn declaration(set: &Set) -> Set {
+    Set {
+        elements: Default::default(),
+        ..set.clone()
+    }
+}
+
+fn add_rules(name: &str, chain: &Chain, ops: &mut Vec<Op>) {
+    for rule in &chain.rules {
+        ops.push(Op::AddRule {
+            chain: name.to_string(),
+            rule: rule.clone(),
+        });
+    }
+}
+
+fn update(plan: &Table, obs: &Observed, ops: &mut Vec<Op>) {
+    // 1. New chains and sets.
+    for (name, chain) in &plan.chains {
+        if !obs.chains.contains_key(name) {
+            ops.push(Op::AddChain {
+                name: name.clone(),
+                base: chain.base,
+            });
+        }
+    }
+    for (name, set) in &plan.sets {
+        if !obs.sets.contains_key(name) {
+            ops.push(Op::AddSet {
+                name: name.clone(),
+                set: declaration(set),
+            });
+        }
+    }
+    // 2. Elements: removals before additions, so a changed map value is a
+    // delete and an add of the same key in one transaction.
+    for (name, set) in &plan.sets {
+        let empty = BTreeMap::new();
+        let have = obs.sets.get(name).map_or(&empty, |s| &s.elements);
+        let stale: Vec<Value> = have
+            .iter()
+            .filter(|(k, v)| set.elements.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !stale.is_empty() {
+            ops.push(Op::DeleteElements {
+                set: name.clone(),
+                keys: stale,
+            });
+        }
+        let missing: Vec<(Value, Option<Value>)> = set
+            .elements
+            .iter()
+            .filter(|(k, v)| have.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !missing.is_empty() {
+            ops.push(Op::AddElements {
+                set: name.clone(),
+                elements: missing,
+            });
+        }
+    }
+    // 3. Chains whose rules differ are flushed and rewritten.
+    for (name, chain) in &plan.chains {
+        let want = ObservedChain::of_plan(chain).rule_comments;
+        match obs.chains.get(name) {
+            None => add_rules(name, chain, ops),
+            Some(have) if have.rule_comments != want => {
+                ops.push(Op::FlushChain(name.clone()));
+                add_rules(name, chain, ops);
+            }
+            Some(_) => {}
+        }
+    }
+    // 4. Chains and sets no longer planned: flush every such chain before
+    // deleting any (one may jump to another), then delete sets they used.
+    let stale_chains: Vec<&String> = obs
+        .chains
+        .keys()
+        .filter(|name| !plan.chains.contains_key(*name))
+        .collect();
+    for name in &stale_chains {
+        if !obs.chains[*name].rule_comments.is_empty() {
+            ops.push(Op::FlushChain((*name).clone()));
+        }
+    }
+    for name in &stale_chains {
+        ops.push(Op::DeleteChain((*name).clone()));
+    }
+    for (name, set) in &obs.sets {
+        if !plan.sets.contains_key(name) {
+            ops.push(Op::DeleteSet {
+                name: name.clone(),
+                is_map: set.is_map(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nft::expr::*;
+    use crate::nft::model::{ChainType, DataType, Hook, Verdict, priority};
+
+    fn table() -> Table {
+        let mut t = Table::new(Family::Ip, "t");
+        let mut m = Set::map(
+            vec![
+                DataType::Ipv4Addr,
+                DataType::InetProto,
+                DataType::InetService,
+            ],
+            vec![DataType::Verdict],
+        );
+        m.insert_map(
+            Value::Concat(vec![
+                Value::Addr("242.0.0.10".parse().unwrap()),
+                Value::Str("tcp".into()),
+                Value::Int(80),
+            ]),
+            Verdict::Goto("svc-a".into()),
+        );
+        t.sets.insert("svc".into(), m);
+        t.chains.insert(
+            "svc-a".into(),
+            Chain::regular(vec![Rule::new(vec![dnat_to_port(
+                "10.0.0.1".parse().unwrap(),
+                80,
+            )])]),
+        );
+        t.chains.insert(
+            "in".into(),
+            Chain::base(
+                BaseChain::new(ChainType::Nat, Hook::Prerouting, priority::DSTNAT - 20),
+                vec![Rule::new(vec![vmap(ip_daddr(), set_ref("svc"))])],
+            ),
+        );
+        t
+    }
+
+    #[test]
+    fn create_from_nothing_then_nothing_to_do() {
+        let plan = table();
+        let first = diff(&plan, None);
+        assert_eq!(first.ops[0], Op::AddTable);
+        let s = first.summary();
+        assert_eq!((s.chains_added, s.sets_added, s.rules_added), (2, 1, 2));
+        assert!(diff(&plan, Some(&Observed::of_plan(&plan))).is_empty());
+    }
+
+    #[test]
+    fn changed_map_value_is_delete_then_add() {
+        let plan = table();
+        let mut obs = Observed::of_plan(&plan);
+        let elems = &mut obs.sets.get_mut("svc").unwrap().elements;
+        let key = elems.keys().next().unwrap().clone();
+        elems.insert(key.clone(), Some(Verdict::Goto("other".into()).into()));
+        let b = diff(&plan, Some(&obs));
+        assert_eq!(
+            b.ops,
+            vec![
+                Op::DeleteElements {
+                    set: "svc".into(),
+                    keys: vec![key.clone()]
+                },
+                Op::AddElements {
+                    set: "svc".into(),
+                    elements: vec![(key, Some(Verdict::Goto("svc-a".into()).into()))]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn changed_rule_rewrites_only_its_chain() {
+        let mut plan = table();
+        let obs = Observed::of_plan(&plan);
+        plan.chains.get_mut("svc-a").unwrap().rules[0] =
+            Rule::new(vec![dnat_to_port("10.0.0.2".parse().unwrap(), 80)]);
+        let b = diff(&plan, Some(&obs));
+        assert_eq!(b.ops.len(), 2);
+        assert_eq!(b.ops[0], Op::FlushChain("svc-a".into()));
+        assert!(matches!(&b.ops[1], Op::AddRule { chain, .. } if chain == "svc-a"));
+    }
+
+    #[test]
+    fn foreign_rule_in_owned_chain_is_repaired() {
+        let plan = table();
+        let mut obs = Observed::of_plan(&plan);
+        obs.chains.get_mut("in").unwrap().rule_comments.push(None);
+        let b = diff(&plan, Some(&obs));
+        assert_eq!(b.ops[0], Op::FlushChain("in".into()));
+        assert_eq!(b.summary().rules_added, 1);
+    }
+
+    #[test]
+    fn stale_objects_are_removed_in_safe_order() {
+        let plan = table();
+        let mut obs = Observed::of_plan(&plan);
+        obs.chains.insert(
+            "old".into(),
+            ObservedChain {
+                base: None,
+                rule_comments: vec![Some("x".into())],
+            },
+        );
+        obs.sets
+            .insert("oldset".into(), Set::new(vec![DataType::Ipv4Addr]));
+        let b = diff(&plan, Some(&obs));
+        assert_eq!(
+            b.ops,
+            vec![
+                Op::FlushChain("old".into()),
+                Op::DeleteChain("old".into()),
+                Op::DeleteSet {
+                    name: "oldset".into(),
+                    is_map: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn changed_declaration_rebuilds_table() {
+        let plan = table();
+        let mut obs = Observed::of_plan(&plan);
+        obs.chains.get_mut("in").unwrap().base =
+            Some(BaseChain::new(ChainType::Nat, Hook::Prerouting, 0));
+        let b = diff(&plan, Some(&obs));
+        assert_eq!(b.ops[0], Op::DeleteTable);
+        assert_eq!(b.ops[1], Op::AddTable);
+    }
+}
