@@ -643,4 +643,4 @@ impl<'a> View<'a> {
 
 #[cfg(test)]
 #[path = "resolve_tests.rs"]
-mod tests;
+pub(super) mod tests;

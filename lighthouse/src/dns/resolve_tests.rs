@@ -42,7 +42,7 @@ fn web_ports() -> Vec<ServicePort> {
 }
 
 /// Cluster a is local; b and d are connected; c's status is `error`.
-pub(super) fn fixture() -> Index {
+pub(crate) fn fixture() -> Index {
     let mut index = Index::with_local(id("a"));
     index.set_reachable(id("b"), true);
     index.set_reachable(id("d"), true);

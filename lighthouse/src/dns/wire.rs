@@ -69,7 +69,7 @@ pub fn rcode_name(rcode: ResponseCode) -> &'static str {
         ResponseCode::NXDomain => "NXDOMAIN",
         ResponseCode::NotImp => "NOTIMP",
         ResponseCode::Refused => "REFUSED",
-        ResponseCode::BADVERS => "BADVERS",
+        ResponseCode::BADVERS | ResponseCode::BADSIG => "BADVERS",
         _ => "OTHER",
     }
 }
@@ -214,3 +214,7 @@ fn encode_within(mut response: Message, limit: usize) -> (Option<Vec<u8>>, bool)
         }
     }
 }
+
+#[cfg(test)]
+#[path = "wire_tests.rs"]
+mod tests;
