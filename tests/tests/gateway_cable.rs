@@ -19,6 +19,7 @@ use causeway_gateway::cable::netns::{named, run_in};
 use causeway_gateway::cable::plan::{
     LocalKind, LocalNetworks, RemoteEndpoint, diff_peers, plan_peers,
 };
+use causeway_gateway::cable::wgctrl::WgctrlCable;
 use causeway_gateway::cable::{Cable, DeviceSpec, InterfaceName, KeyPair, PeerDiff, PublicKey};
 
 fn ip(args: &[&str]) {
@@ -90,7 +91,7 @@ impl Drop for Pair {
 
 /// One gateway: its cable, key and subnets, and the endpoints last written.
 struct Gateway {
-    cable: EmbeddedCable,
+    cable: Box<dyn Cable>,
     keys: KeyPair,
     pod: ipnet::IpNet,
     tunnel_ip: &'static str,
@@ -185,7 +186,7 @@ fn embedded_cable_between_two_namespaces() {
 
     let mut gw = [
         Gateway {
-            cable: EmbeddedCable::new(name.clone(), Some(pair.path(0))),
+            cable: Box::new(EmbeddedCable::new(name.clone(), Some(pair.path(0)))),
             keys: KeyPair::generate(),
             pod: "10.10.1.0/24".parse().unwrap(),
             tunnel_ip: "10.10.1.1",
@@ -193,7 +194,7 @@ fn embedded_cable_between_two_namespaces() {
             written: BTreeMap::new(),
         },
         Gateway {
-            cable: EmbeddedCable::new(name.clone(), Some(pair.path(1))),
+            cable: Box::new(EmbeddedCable::new(name.clone(), Some(pair.path(1)))),
             keys: KeyPair::generate(),
             pod: "10.10.2.0/24".parse().unwrap(),
             tunnel_ip: "10.10.2.1",
@@ -289,7 +290,7 @@ fn embedded_cable_between_two_namespaces() {
     // its address and route; a new cable re-attaches and the peers come back.
     let old = std::mem::replace(
         &mut gw[0].cable,
-        EmbeddedCable::new(name.clone(), Some(pair.path(0))),
+        Box::new(EmbeddedCable::new(name.clone(), Some(pair.path(0)))),
     );
     drop(old);
     let link = Command::new("ip")
@@ -322,5 +323,115 @@ fn embedded_cable_between_two_namespaces() {
             None,
             "gateway {i}: TUN left behind"
         );
+    }
+}
+
+/// The embedded backend and an external wireguard-go (driven through
+/// wireguard-control's UAPI backend) talk to each other.
+#[test]
+fn embedded_and_wireguard_go_interoperate() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test builds network namespaces: run it as root (scripts/test.sh)"
+    );
+    let run = format!("{}g", std::process::id() % 100_000);
+    let pair = Pair::new(&run);
+    // wireguard-go's socket directory is shared by every namespace: a unique name.
+    let go_name = InterfaceName::new(&format!("cwgo{run}")).unwrap();
+    let go_cable =
+        WgctrlCable::wireguard_go(go_name.clone(), Some(pair.path(1)), "wireguard-go".into());
+    struct Teardown<'a>(&'a WgctrlCable);
+    impl Drop for Teardown<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.teardown();
+        }
+    }
+    let mut gw = [
+        Gateway {
+            cable: Box::new(EmbeddedCable::new(
+                InterfaceName::new("cw0").unwrap(),
+                Some(pair.path(0)),
+            )),
+            keys: KeyPair::generate(),
+            pod: "10.10.1.0/24".parse().unwrap(),
+            tunnel_ip: "10.10.1.1",
+            underlay: "192.168.77.1:51820".parse().unwrap(),
+            written: BTreeMap::new(),
+        },
+        Gateway {
+            cable: Box::new(go_cable),
+            keys: KeyPair::generate(),
+            pod: "10.10.2.0/24".parse().unwrap(),
+            tunnel_ip: "10.10.2.1",
+            underlay: "192.168.77.2:51820".parse().unwrap(),
+            written: BTreeMap::new(),
+        },
+    ];
+    let go_guard =
+        WgctrlCable::wireguard_go(go_name.clone(), Some(pair.path(1)), "wireguard-go".into());
+    let _teardown = Teardown(&go_guard);
+    let devs = ["cw0".to_owned(), go_name.to_string()];
+    for (i, g) in gw.iter().enumerate() {
+        g.cable.ensure(&g.spec()).unwrap();
+        let ns = &pair.ns[i];
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/32", g.tunnel_ip),
+            "dev",
+            &devs[i],
+        ]);
+        let other = &gw[1 - i];
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            &other.pod.to_string(),
+            "dev",
+            &devs[i],
+            "src",
+            g.tunnel_ip,
+        ]);
+    }
+    let remotes = [gw[1].as_remote("b"), gw[0].as_remote("a")];
+    for (i, g) in gw.iter_mut().enumerate() {
+        assert_eq!(g.reconcile(&remotes[i]).add.len(), 1);
+    }
+    let state = gw[1].cable.observe().unwrap().unwrap();
+    assert_eq!(state.public_key, Some(gw[1].keys.public()));
+    assert_eq!(state.listen_port, Some(51820));
+    assert_eq!(
+        state.peers[&gw[0].keys.public()].config.allowed_ips,
+        BTreeSet::from([gw[0].pod])
+    );
+
+    let listener = run_in(Some(&pair.path(1)), || {
+        Ok(TcpListener::bind("10.10.2.1:7777").expect("bind in b"))
+    })
+    .unwrap();
+    let reply = exchange(
+        &pair,
+        &listener,
+        "10.10.2.1:7777".parse().unwrap(),
+        "hello go",
+    );
+    assert_eq!(reply, "hello go seen from 10.10.1.1");
+    for (i, g) in gw.iter().enumerate() {
+        let s = g.cable.stats().unwrap()[&gw[1 - i].keys.public()];
+        assert!(
+            s.last_handshake.is_some() && s.rx_bytes > 0,
+            "gateway {i}: {s:?}"
+        );
+    }
+    for (i, g) in gw.iter_mut().enumerate() {
+        g.cable.ensure(&g.spec()).unwrap();
+        assert!(g.reconcile(&remotes[i]).is_empty(), "gateway {i}");
+    }
+    for g in &gw {
+        g.cable.teardown().unwrap();
+        assert_eq!(g.cable.observe().unwrap(), None);
     }
 }
