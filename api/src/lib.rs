@@ -9,6 +9,7 @@ pub use records::{
     AnyRecord, Cluster, ClusterId, ConnectionStatus, Endpoint, GlobalCidr, Kind, RecordKey,
     ServiceImport,
 };
+pub mod election;
 pub mod error;
 pub mod store;
 

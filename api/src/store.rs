@@ -16,6 +16,7 @@ mod keys;
 use futures::stream::BoxStream;
 
 pub use cache::{RecordSet, reflect};
+pub(crate) use etcd::call as etcd_call;
 pub use etcd::{EtcdConfig, EtcdCredentials, EtcdStore, EtcdTls};
 pub use fake::FakeStore;
 pub use keys::{KeyLayout, prefix_end};

@@ -139,3 +139,71 @@ impl Drop for EtcdFixture {
         self.kill();
     }
 }
+
+/// A loopback TCP proxy that a test can cut, to make etcd unreachable for
+/// one client while others still reach it (a partition, not a crash).
+#[derive(Debug)]
+pub struct TcpProxy {
+    port: u16,
+    blocked: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Proxies a new loopback port to `target` (`127.0.0.1:port`).
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let (blocked, _) = tokio::sync::watch::channel(false);
+        let b = blocked.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut rx = b.subscribe();
+                tokio::spawn(async move {
+                    if *rx.borrow_and_update() {
+                        // Black hole: hold the connection, forward nothing.
+                        let _ = rx.wait_for(|b| !*b).await;
+                        return;
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|b| *b) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            blocked,
+            task,
+        }
+    }
+
+    /// The proxy's URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection and black-holes new ones (`true`), or heals (`false`).
+    pub fn set_blocked(&self, blocked: bool) {
+        self.blocked.send_replace(blocked);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EtcdFixture {
+    /// The client address (for [`TcpProxy::start`]).
+    pub fn client_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+}
