@@ -19,8 +19,9 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::netns;
-use plan::{ClusterPlan, ECHO_PORT, LabName, LabPlan, LabSpec, WanPlan, netns_prefix};
+use plan::{ClusterPlan, ECHO_PORT, ETCD_PORT, LabName, LabPlan, LabSpec, WanPlan, netns_prefix};
 use state::{LabState, ProcessRecord, run_dir};
 
 /// Builds lab `spec.name` and starts its daemons. Refuses a name that is up
@@ -65,6 +66,16 @@ fn populate(state: &mut LabState) -> Result<()> {
     for cluster in &plan.clusters {
         manifests::write(cluster, &state.manifests_dir(&cluster.name))?;
     }
+    start_etcd(state, "broker", &plan.wan.broker_netns, plan.wan.broker_ip)?;
+    for cluster in &plan.clusters {
+        let cp = &cluster.control_plane;
+        start_etcd(
+            state,
+            &format!("{}/control-plane", cluster.name),
+            &cp.netns,
+            cp.ip,
+        )?;
+    }
     for cluster in &plan.clusters {
         for pod in cluster.pods.iter().filter(|p| p.app == "web") {
             let args = [
@@ -77,21 +88,55 @@ fn populate(state: &mut LabState) -> Result<()> {
                 "--listen",
                 &format!("0.0.0.0:{ECHO_PORT}"),
             ];
-            spawn(
-                state,
-                &format!("{}/{}", cluster.name, pod.name),
-                &pod.netns,
-                "echo",
-                &args,
-            )?;
+            let target = format!("{}/{}", cluster.name, pod.name);
+            spawn(state, &target, &pod.netns, "echo", &causeway_exe()?, &args)?;
         }
     }
     for cluster in &plan.clusters {
         for pod in cluster.pods.iter().filter(|p| p.app == "web") {
             wait_for_port(&pod.netns, SocketAddr::from(([127, 0, 0, 1], ECHO_PORT)))?;
         }
+        let cp = &cluster.control_plane;
+        wait_for_port(&cp.netns, SocketAddr::from((cp.ip, ETCD_PORT)))?;
     }
+    wait_for_port(
+        &plan.wan.broker_netns,
+        SocketAddr::from((plan.wan.broker_ip, ETCD_PORT)),
+    )?;
     Ok(())
+}
+
+/// Starts an etcd serving `ip:2379` in `netns`, with the flags that let
+/// one-second leases hold (DESIGN.md, settled decision 6) and compaction on
+/// (settled decision 9).
+fn start_etcd(state: &mut LabState, target: &str, netns: &str, ip: Ipv4Addr) -> Result<()> {
+    let data = state.dir().join("etcd").join(target.replace('/', "-"));
+    let client = format!("http://{ip}:{ETCD_PORT}");
+    let peer = "http://127.0.0.1:2380";
+    let args = [
+        "--name".to_owned(),
+        "lab".to_owned(),
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        format!("--listen-client-urls={client},http://127.0.0.1:{ETCD_PORT}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster=lab={peer}"),
+        "--heartbeat-interval=50".to_owned(),
+        "--election-timeout=500".to_owned(),
+        "--auto-compaction-mode=revision".to_owned(),
+        "--auto-compaction-retention=1000".to_owned(),
+        "--logger=zap".to_owned(),
+        "--log-level=warn".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(state, target, netns, "etcd", Path::new("etcd"), &args)
+}
+
+/// The running `causeway` binary, which the lab starts its daemons from.
+fn causeway_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("find the causeway binary")
 }
 
 /// True when anything of lab `name` exists: its run directory or a namespace.
@@ -99,17 +144,24 @@ pub fn is_up(name: &LabName) -> bool {
     run_dir(name).exists() || !netns::list_with_prefix(&netns_prefix(name)).is_empty()
 }
 
-/// Starts `causeway ARGS` inside `netns` as a daemon of the lab, logging to
+/// Starts `PROGRAM ARGS` inside `netns` as a daemon of the lab, logging to
 /// the lab's log directory.
-fn spawn(state: &mut LabState, target: &str, netns: &str, role: &str, args: &[&str]) -> Result<()> {
-    let exe = std::env::current_exe().context("find the causeway binary")?;
+fn spawn(
+    state: &mut LabState,
+    target: &str,
+    netns: &str,
+    role: &str,
+    program: &Path,
+    args: &[&str],
+) -> Result<()> {
+    let exe = causeway_exe()?;
     let logs = state.logs_dir();
     fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
     let log = logs.join(format!("{}-{role}.log", target.replace('/', "-")));
     let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
     let mut child = Command::new(&exe)
         .args(["enter", "--netns", netns, "--"])
-        .arg(&exe)
+        .arg(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
@@ -367,7 +419,7 @@ pub fn render_status(s: &LabStatus) -> String {
         let state = if p.running { "running" } else { "exited" };
         let _ = writeln!(
             out,
-            "{:<14} {:<8} {:<8} {:<8} {}",
+            "{:<16} {:<8} {:<8} {:<8} {}",
             p.record.target,
             p.record.role,
             p.record.pid,

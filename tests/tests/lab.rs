@@ -47,13 +47,18 @@ fn identical_clusters_answer_on_the_same_pod_addresses_and_down_leaves_nothing()
         );
     }
 
-    let pids: Vec<i64> = status["processes"]
-        .as_array()
-        .unwrap()
+    let processes = status["processes"].as_array().unwrap();
+    let pids: Vec<i64> = processes
         .iter()
         .map(|p| p["pid"].as_i64().unwrap())
         .collect();
-    assert_eq!(pids.len(), 4, "an echo server per web pod");
+    let count = |role: &str| processes.iter().filter(|p| p["role"] == role).count();
+    assert_eq!(count("echo"), 4, "an echo server per web pod");
+    assert_eq!(count("etcd"), 3, "an etcd per cluster and the broker's");
+    assert!(
+        processes.iter().all(|p| p["running"] == true),
+        "{processes:?}"
+    );
     let run_dir = status["run_dir"].as_str().unwrap().to_owned();
 
     lab.down();

@@ -60,6 +60,10 @@ fn build_cluster(cluster: &ClusterPlan) -> Result<()> {
         .nodes
         .iter()
         .map(|n| (n.name.clone(), n.netns.clone()))
+        .chain([(
+            "control-plane".to_owned(),
+            cluster.control_plane.netns.clone(),
+        )])
         .collect();
     netns::run(&cluster.lan_netns, move |h| async move {
         let links = Links(h);
@@ -69,6 +73,12 @@ fn build_cluster(cluster: &ClusterPlan) -> Result<()> {
             links.attach(&port, "br0").await?;
         }
         Ok(())
+    })?;
+    let (cp_ip, cp_prefix) = (cluster.control_plane.ip, cluster.node_cidr.prefix_len());
+    netns::run(&cluster.control_plane.netns, move |h| async move {
+        let links = Links(h);
+        links.address("eth0", cp_ip, cp_prefix).await?;
+        links.up("eth0").await
     })?;
     for node in &cluster.nodes {
         build_node(cluster, node)?;

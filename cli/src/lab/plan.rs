@@ -22,6 +22,9 @@ const BROKER_WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// Port the lab's `web` pods serve the echo server on.
 pub const ECHO_PORT: u16 = 8080;
 
+/// Port every lab etcd (each cluster's store and the broker) serves clients on.
+pub const ETCD_PORT: u16 = 2379;
+
 /// A lab's name: it prefixes every namespace the lab makes, so it must be
 /// short and unable to collide with another lab's prefix.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -106,9 +109,19 @@ pub struct ClusterPlan {
     pub node_cidr: Ipv4Net,
     /// The namespace holding the node network's bridge.
     pub lan_netns: String,
+    /// The cluster's own store (its "API server"), on the node network.
+    pub control_plane: ControlPlanePlan,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
     pub services: Vec<ServicePlan>,
+}
+
+/// The cluster's control plane: a namespace on the node network running the
+/// cluster's own etcd (DESIGN.md, settled decision 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlPlanePlan {
+    pub netns: String,
+    pub ip: Ipv4Addr,
 }
 
 /// A node: a namespace on the node network, routing its slice of the pod CIDR.
@@ -221,6 +234,7 @@ impl LabPlan {
         let mut all = vec![self.wan.netns.clone(), self.wan.broker_netns.clone()];
         for c in &self.clusters {
             all.push(c.lan_netns.clone());
+            all.push(c.control_plane.netns.clone());
             all.extend(c.nodes.iter().map(|n| n.netns.clone()));
             all.extend(c.pods.iter().map(|p| p.netns.clone()));
         }
@@ -297,6 +311,10 @@ fn plan_cluster(lab: &LabName, i: u8, distinct: bool) -> ClusterPlan {
     }];
     ClusterPlan {
         lan_netns: netns_name(lab, &name, "lan"),
+        control_plane: ControlPlanePlan {
+            netns: netns_name(lab, &name, "control-plane"),
+            ip: nth_host(node_cidr, 2),
+        },
         name,
         pod_cidr,
         service_cidr,
