@@ -3,6 +3,7 @@
 pub mod index;
 pub mod metrics;
 pub mod resolve;
+pub mod sample;
 pub mod server;
 pub mod wire;
 

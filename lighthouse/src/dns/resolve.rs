@@ -194,7 +194,8 @@ struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     fn new(qname: &'a Name, index: &'a Index, opts: &'a ResolverOptions) -> Self {
-        let below = usize::from(qname.num_labels()) - usize::from(opts.zone.num_labels());
+        // Counted with iter(): num_labels() leaves out a leading `*`.
+        let below = qname.iter().count() - opts.zone.iter().count();
         let rel = qname
             .iter()
             .take(below)
@@ -211,9 +212,7 @@ impl<'a> Ctx<'a> {
     /// The question's last `n` labels below the zone plus the zone, in the
     /// question's own case.
     fn asked_suffix(&self, n: usize) -> Name {
-        let mut name = self
-            .qname
-            .trim_to(usize::from(self.opts.zone.num_labels()) + n);
+        let mut name = self.qname.trim_to(self.opts.zone.iter().count() + n);
         name.set_fqdn(true);
         name
     }

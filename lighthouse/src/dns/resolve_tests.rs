@@ -388,6 +388,9 @@ fn every_form_and_rcode() {
         (format!("x.y.z.w.v.u.{z}"), A, nx()),
         ("web.default.pod.clusterset.local.".into(), A, nx()),
         (format!("we_b.default.{z}"), A, nx()),
+        ("*.clusterset.local.".into(), SOA_, nx()),
+        (format!("*.default.{z}"), A, nx()),
+        (format!("*.{z}"), A, nx()),
         // Outside the zone, zone transfers.
         (
             "web.default.svc.cluster.local.".into(),
