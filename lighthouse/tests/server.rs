@@ -170,10 +170,10 @@ async fn answers_over_udp_and_tcp() -> Result<()> {
     let m = udp(server.addr, &query(12, web, RecordType::A, None)).await?;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
 
-    let labels = |qtype: &str, rcode: &str, transport: &str| QueryLabels {
-        qtype: qtype.into(),
-        rcode: rcode.into(),
-        transport: transport.into(),
+    let labels = |qtype, rcode, transport| QueryLabels {
+        qtype,
+        rcode,
+        transport,
     };
     assert_eq!(server.metrics.count(&labels("A", "NOERROR", "udp")), 2);
     assert_eq!(server.metrics.count(&labels("A", "NOERROR", "tcp")), 2);

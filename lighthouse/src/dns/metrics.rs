@@ -11,12 +11,13 @@ use prometheus_client::registry::Registry;
 /// Labels of one answered (or dropped) query.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
-    /// The question's type (`A`, `SRV`, ...), `none` when it had none.
-    pub qtype: String,
+    /// The question's type (`A`, `SRV`, ..., `other`), `none` when it had
+    /// none.
+    pub qtype: &'static str,
     /// The response code sent, `dropped` when nothing was sent.
-    pub rcode: String,
+    pub rcode: &'static str,
     /// `udp` or `tcp`.
-    pub transport: String,
+    pub transport: &'static str,
 }
 
 /// The server's metrics; clones share their values.
@@ -75,9 +76,9 @@ mod tests {
         let mut registry = Registry::with_prefix("causeway");
         let metrics = DnsMetrics::register(&mut registry);
         let labels = QueryLabels {
-            qtype: "A".into(),
-            rcode: "NOERROR".into(),
-            transport: "udp".into(),
+            qtype: "A",
+            rcode: "NOERROR",
+            transport: "udp",
         };
         metrics.observe(&labels, Duration::from_micros(40));
         let mut text = String::new();
