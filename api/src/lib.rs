@@ -11,6 +11,7 @@ pub use records::{
 };
 pub mod election;
 pub mod error;
+pub mod join;
 pub mod store;
 
 pub use error::{Error, Result};

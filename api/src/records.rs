@@ -14,6 +14,8 @@ mod kinds;
 
 pub use codec::{DecodeError, ENVELOPE_VERSION, decode, encode};
 pub use ids::{ClusterId, GlobalCidr, IdError, ObjectName, WireGuardKey};
+/// True when two networks share an address.
+pub use kinds::overlaps;
 pub use kinds::{
     AnyRecord, CableBackend, Cluster, ConnectionState, ConnectionStatus, Endpoint,
     HeadlessEndpoint, Kind, Protocol, RecordKey, RttStats, ServiceImport, ServiceImportType,

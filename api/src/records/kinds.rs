@@ -406,7 +406,7 @@ impl AnyRecord {
 }
 
 /// True when two networks share an address.
-pub(crate) fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
