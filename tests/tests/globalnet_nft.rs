@@ -245,6 +245,8 @@ fn restart_observes_and_makes_the_minimal_change() {
             format!("delete 1 from {}", ruleset::sets::INGRESS_SERVICES),
             format!("flush {web}"),
             format!("rule {web}"),
+            format!("rule {web}"),
+            format!("rule {web}"),
             format!("flush {dns}"),
             format!("delete {dns}"),
         ]
