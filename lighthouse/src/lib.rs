@@ -44,6 +44,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `--answer` with an unknown value.
+    #[error("unknown answer mode {0:?}; use per-cluster or clusterset-ip")]
+    InvalidAnswerMode(String),
     /// `causeway lighthouse corefile --flavour` with an unknown value.
     #[error("unknown CoreDNS flavour {0:?}; use kubeadm, k3s or rke2")]
     InvalidFlavour(String),

@@ -43,6 +43,19 @@ pub enum AnswerMode {
     ClusterSetIp,
 }
 
+impl std::str::FromStr for AnswerMode {
+    type Err = Error;
+
+    /// `per-cluster` or `clusterset-ip` (the `--answer` flag's values).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "per-cluster" => Ok(AnswerMode::PerCluster),
+            "clusterset-ip" => Ok(AnswerMode::ClusterSetIp),
+            _ => Err(Error::InvalidAnswerMode(s.to_owned())),
+        }
+    }
+}
+
 /// Everything the resolver needs besides the index.
 #[derive(Debug, Clone)]
 pub struct ResolverOptions {

@@ -604,3 +604,16 @@ fn cluster_set_ip_mode_answers_the_vip_where_there_is_one() {
         ok(&["an web.default.svc.clusterset.local. 5 A 242.1.0.10"])
     );
 }
+
+#[test]
+fn answer_modes_parse() {
+    assert_eq!(
+        "per-cluster".parse::<AnswerMode>().unwrap(),
+        AnswerMode::PerCluster
+    );
+    assert_eq!(
+        "clusterset-ip".parse::<AnswerMode>().unwrap(),
+        AnswerMode::ClusterSetIp
+    );
+    assert!("vip".parse::<AnswerMode>().is_err());
+}
