@@ -8,6 +8,8 @@
 //! the difference is applied through a [`cable::Cable`] backend.
 
 pub mod cable;
+pub mod health;
+pub mod routes;
 mod error;
 
 pub use error::Error;
