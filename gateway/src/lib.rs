@@ -8,8 +8,9 @@
 //! the difference is applied through a [`cable::Cable`] backend.
 
 pub mod cable;
+pub mod engine;
+mod error;
 pub mod health;
 pub mod routes;
-mod error;
 
 pub use error::Error;

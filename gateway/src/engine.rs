@@ -1,0 +1,453 @@
+//! The gateway's control loop: campaign, and while this candidate holds the
+//! lease, run the cluster's side of every tunnel.
+//!
+//! A candidate first waits for the election to decide (a restart within the
+//! lease TTL re-attaches and changes nothing before that: settled decision
+//! 5). While **active** it brings up the cable, publishes the cluster's
+//! Endpoint to its own store and the broker, mirrors the other clusters'
+//! records from the broker into its own store ([`mirror`]), and converges
+//! peers, routes and health probes on the remote Endpoints its own store
+//! holds, on every change and on a timer. While **standby** it strips every
+//! peer from the device before anything else (settled decision 4). A clean
+//! stop resigns, so a standby takes over at once.
+
+pub mod kernel;
+pub mod mirror;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use causeway_api::election::Elector;
+use causeway_api::records::{
+    AnyRecord, CableBackend, Cluster, ClusterId, ConnectionState, ConnectionStatus, Endpoint,
+    GlobalCidr, Kind, WireGuardKey,
+};
+use causeway_api::store::{RecordSet, Store};
+use futures::StreamExt;
+use ipnet::IpNet;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::cable::plan::{LocalKind, LocalNetworks, RemoteEndpoint, diff_peers, plan_peers};
+use crate::cable::{Cable, DeviceSpec, KeyPair, PublicKey};
+
+/// What one gateway candidate is, and what its cluster owns.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub cluster: ClusterId,
+    /// This candidate's node name (its identity in the election).
+    pub node: String,
+    /// The node's address on the node network: route agents route via it.
+    pub private_ip: IpAddr,
+    /// The address remote gateways send to, when it differs from the private one.
+    pub public_ip: Option<IpAddr>,
+    /// WireGuard UDP port.
+    pub listen_port: u16,
+    /// The cluster's key pair (the same on every candidate).
+    pub key: KeyPair,
+    pub backend: CableBackend,
+    /// Tunnel MTU.
+    pub mtu: u32,
+    /// The gateway's own address inside the tunnel (settled decision 8).
+    pub tunnel_ip: IpAddr,
+    pub pod_cidrs: Vec<IpNet>,
+    pub service_cidrs: Vec<IpNet>,
+    pub node_cidrs: Vec<IpNet>,
+    pub global_cidr: Option<GlobalCidr>,
+    /// WireGuard persistent keepalive, seconds.
+    pub keepalive: u16,
+    /// How often the datapath is re-converged without any event (drift repair).
+    pub resync: Duration,
+}
+
+impl GatewayConfig {
+    /// Subnets this cluster serves to others: its global CIDR under
+    /// Globalnet, else its pod and service CIDRs.
+    pub fn subnets(&self) -> Vec<IpNet> {
+        match self.global_cidr {
+            Some(g) => vec![IpNet::V4(g.net())],
+            None => self
+                .pod_cidrs
+                .iter()
+                .chain(&self.service_cidrs)
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// The Endpoint record this gateway publishes while active.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            cluster: self.cluster.clone(),
+            node_name: self.node.clone(),
+            public_ip: self.public_ip,
+            private_ip: self.private_ip,
+            port: self.listen_port,
+            public_key: WireGuardKey::from_bytes(*self.key.public().as_bytes()),
+            subnets: self.subnets(),
+            backend: self.backend,
+            mtu: self.mtu.min(u16::MAX as u32) as u16,
+            health_check_ip: Some(self.tunnel_ip),
+        }
+    }
+
+    /// The Cluster record: the address space this cluster brings.
+    pub fn cluster_record(&self) -> Cluster {
+        Cluster {
+            id: self.cluster.clone(),
+            pod_cidrs: self.pod_cidrs.clone(),
+            service_cidrs: self.service_cidrs.clone(),
+            global_cidr: self.global_cidr,
+        }
+    }
+
+    /// The ranges no remote may claim.
+    pub fn local_networks(&self) -> LocalNetworks {
+        let mut ranges = BTreeMap::new();
+        ranges.insert(LocalKind::Pod, self.pod_cidrs.clone());
+        ranges.insert(LocalKind::Service, self.service_cidrs.clone());
+        ranges.insert(LocalKind::Node, self.node_cidrs.clone());
+        if let Some(g) = self.global_cidr {
+            ranges.insert(LocalKind::Global, vec![IpNet::V4(g.net())]);
+        }
+        LocalNetworks {
+            cluster: self.cluster.to_string(),
+            public_key: Some(self.key.public()),
+            ranges,
+        }
+    }
+}
+
+/// Errors of the control loop.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the WireGuard device failed: {0}")]
+    Cable(#[from] crate::Error),
+    #[error("the cluster's own store failed: {0}")]
+    Store(#[from] causeway_api::Error),
+    #[error("a blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Kernel state the active gateway owns besides the WireGuard device:
+/// routes, the tunnel address, nftables. Implemented over rtnetlink and
+/// `nft` by the binary; a fake in tests.
+#[async_trait::async_trait]
+pub trait Datapath: Send + Sync {
+    /// Makes the kernel hold exactly the tunnel routes (and tunnel address,
+    /// and nftables rules) for these remote subnets.
+    async fn converge(&self, subnets: &BTreeSet<IpNet>) -> Result<(), String>;
+    /// Removes all of it: a standby answers for nothing.
+    async fn withdraw(&self) -> Result<(), String>;
+}
+
+/// What the engine reports to metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayState {
+    pub active: bool,
+    /// Remote clusters with a configured peer.
+    pub peers: BTreeSet<String>,
+    /// Remote clusters refused, with why.
+    pub refused: BTreeMap<String, String>,
+    /// How many times this candidate became active.
+    pub activations: u64,
+}
+
+/// One gateway candidate.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    /// The cluster's own store.
+    pub local: Arc<dyn Store>,
+    /// The broker: `None` until connected (the gateway runs without it).
+    pub broker: watch::Receiver<Option<Arc<dyn Store>>>,
+    pub cable: Arc<dyn Cable>,
+    pub datapath: Arc<dyn Datapath>,
+    pub state: watch::Sender<GatewayState>,
+}
+
+impl Gateway {
+    /// Campaigns until `shutdown` fires, then resigns and withdraws.
+    pub async fn run(
+        self: Arc<Self>,
+        elector: Arc<dyn Elector>,
+        shutdown: CancellationToken,
+    ) -> Result<(), EngineError> {
+        let mut active = elector.active();
+        let mut holder = elector.holder();
+        // Change nothing until the election has decided (settled decision 5).
+        loop {
+            let decided = *active.borrow()
+                || holder
+                    .borrow()
+                    .as_deref()
+                    .is_some_and(|h| h != self.config.node);
+            if decided {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return self.stop(&*elector).await,
+                _ = active.changed() => {}
+                _ = holder.changed() => {}
+            }
+        }
+        loop {
+            if *active.borrow_and_update() {
+                tracing::info!(cluster = %self.config.cluster, node = %self.config.node, "active: bringing up the cable");
+                self.state.send_modify(|s| {
+                    s.active = true;
+                    s.activations += 1;
+                });
+                let term = shutdown.child_token();
+                let serving = tokio::spawn(self.clone().serve_active(term.clone()));
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = wait_for(&mut active, false) => {}
+                }
+                term.cancel();
+                let _ = serving.await;
+                if shutdown.is_cancelled() {
+                    return self.stop(&*elector).await;
+                }
+                tracing::warn!(cluster = %self.config.cluster, node = %self.config.node, "lost the lease: withdrawing");
+            }
+            self.state.send_modify(|s| {
+                s.active = false;
+                s.peers.clear();
+            });
+            self.withdraw().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return self.stop(&*elector).await,
+                _ = wait_for(&mut active, true) => {}
+            }
+        }
+    }
+
+    /// A clean stop: hand the lease over at once, then withdraw.
+    async fn stop(&self, elector: &dyn Elector) -> Result<(), EngineError> {
+        if let Err(e) = elector.resign().await {
+            tracing::warn!(error = %e, "could not resign; the standby takes over when the lease expires");
+        }
+        self.withdraw().await;
+        Ok(())
+    }
+
+    /// Strips every peer and route: a standby must not answer for the cluster.
+    async fn withdraw(&self) {
+        let cable = self.cable.clone();
+        match tokio::task::spawn_blocking(move || cable.strip_peers()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not strip the peers"),
+            Err(e) => tracing::error!(error = %e, "could not strip the peers"),
+        }
+        if let Err(e) = self.datapath.withdraw().await {
+            tracing::error!(error = %e, "could not withdraw the tunnel routes");
+        }
+    }
+
+    /// Everything an active gateway does, until `stop`.
+    async fn serve_active(self: Arc<Self>, stop: CancellationToken) {
+        let spec = DeviceSpec {
+            private_key: self.config.key.private().clone(),
+            listen_port: self.config.listen_port,
+            mtu: self.config.mtu,
+        };
+        let cable = self.cable.clone();
+        // Retried until it works: without a device there is nothing to serve.
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let cable = cable.clone();
+            let spec = spec.clone();
+            match tokio::task::spawn_blocking(move || cable.ensure(&spec)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not bring up the WireGuard device")
+                }
+                Err(e) => tracing::error!(error = %e, "could not bring up the WireGuard device"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        let own = [
+            AnyRecord::Endpoint(self.config.endpoint()),
+            AnyRecord::Cluster(self.config.cluster_record()),
+        ];
+        let tasks = [
+            tokio::spawn(mirror::publish(
+                self.local.clone(),
+                own.to_vec(),
+                stop.clone(),
+            )),
+            tokio::spawn(mirror::mirror(
+                self.broker.clone(),
+                self.local.clone(),
+                self.config.cluster.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(self.clone().converge_loop(stop.clone())),
+        ];
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Converges peers and routes on the remote Endpoints in the cluster's
+    /// own store, on every change and every `resync`.
+    async fn converge_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut events = self.local.watch(Some(Kind::Endpoint), None);
+        let mut endpoints = RecordSet::default();
+        let mut written: BTreeMap<PublicKey, SocketAddr> = BTreeMap::new();
+        let mut statuses: BTreeMap<String, (ConnectionState, Option<String>)> = BTreeMap::new();
+        let mut tick = tokio::time::interval(self.config.resync);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = events.next() => match ev {
+                    Some(ev) => endpoints.apply(ev),
+                    None => return,
+                },
+                _ = tick.tick() => {}
+            }
+            if !endpoints.is_synced() {
+                continue;
+            }
+            let remotes: Vec<Endpoint> = endpoints
+                .typed::<Endpoint>()
+                .filter(|e| e.cluster != self.config.cluster)
+                .collect();
+            match self.converge(&remotes, &mut written).await {
+                Ok(report) => self.report(report, &mut statuses).await,
+                Err(e) => tracing::error!(error = %e, "could not converge the datapath; retrying"),
+            }
+        }
+    }
+
+    /// One convergence: plan, diff, apply. Returns the peers configured and
+    /// the remotes refused.
+    async fn converge(
+        &self,
+        remotes: &[Endpoint],
+        written: &mut BTreeMap<PublicKey, SocketAddr>,
+    ) -> Result<Converged, EngineError> {
+        let remotes: Vec<RemoteEndpoint> = remotes.iter().map(remote_endpoint).collect();
+        let cable = self.cable.clone();
+        let observed = tokio::task::spawn_blocking(move || cable.observe())
+            .await??
+            .unwrap_or_default();
+        let installed: BTreeSet<PublicKey> = observed.peers.keys().copied().collect();
+        let plan = plan_peers(
+            &self.config.local_networks(),
+            &remotes,
+            &installed,
+            Some(self.config.keepalive),
+        );
+        let diff = diff_peers(&plan.peers, &observed.peers, written);
+        if !diff.is_empty() {
+            tracing::info!(
+                add = diff.add.len(),
+                update = diff.update.len(),
+                remove = diff.remove.len(),
+                "applying peer changes"
+            );
+            let cable = self.cable.clone();
+            tokio::task::spawn_blocking(move || cable.apply(&diff)).await??;
+        }
+        *written = plan.endpoints();
+        let subnets: BTreeSet<IpNet> = plan
+            .peers
+            .values()
+            .flat_map(|p| p.config.allowed_ips.iter().copied())
+            .collect();
+        if let Err(e) = self.datapath.converge(&subnets).await {
+            tracing::error!(error = %e, "could not program the tunnel routes");
+        }
+        Ok(Converged {
+            peers: plan.peers.values().map(|p| p.cluster.clone()).collect(),
+            refused: plan
+                .refused
+                .iter()
+                .map(|(c, r)| (c.clone(), r.to_string()))
+                .collect(),
+        })
+    }
+
+    /// Publishes connection statuses that changed: `connecting` for a new
+    /// peer, `error` with the reason for a refused one.
+    async fn report(
+        &self,
+        converged: Converged,
+        last: &mut BTreeMap<String, (ConnectionState, Option<String>)>,
+    ) {
+        let mut now: BTreeMap<String, (ConnectionState, Option<String>)> = BTreeMap::new();
+        for peer in &converged.peers {
+            let state = last
+                .get(peer)
+                .map(|s| s.0)
+                .unwrap_or(ConnectionState::Connecting);
+            now.insert(peer.clone(), (state, None));
+        }
+        for (peer, reason) in &converged.refused {
+            tracing::warn!(peer = %peer, reason = %reason, "refusing a remote cluster's Endpoint");
+            now.insert(peer.clone(), (ConnectionState::Error, Some(reason.clone())));
+        }
+        for (peer, (state, reason)) in &now {
+            if last.get(peer) == Some(&(*state, reason.clone())) {
+                continue;
+            }
+            let Ok(peer_id) = peer.parse::<ClusterId>() else {
+                continue;
+            };
+            let status = AnyRecord::ConnectionStatus(ConnectionStatus {
+                cluster: self.config.cluster.clone(),
+                peer: peer_id,
+                state: *state,
+                reason: reason.clone(),
+                rtt: None,
+                since_ms: unix_ms(),
+            });
+            if let Err(e) = self.local.put(&status).await {
+                tracing::warn!(error = %e, peer = %peer, "could not record the connection status");
+            }
+        }
+        self.state.send_modify(|s| {
+            s.peers = converged.peers.clone();
+            s.refused = converged.refused.clone();
+        });
+        *last = now;
+    }
+}
+
+struct Converged {
+    peers: BTreeSet<String>,
+    refused: BTreeMap<String, String>,
+}
+
+/// A remote Endpoint record as the peer planner takes it.
+fn remote_endpoint(e: &Endpoint) -> RemoteEndpoint {
+    RemoteEndpoint {
+        cluster: e.cluster.to_string(),
+        public_key: e.public_key.to_base64(),
+        endpoint: SocketAddr::new(e.public_ip.unwrap_or(e.private_ip), e.port),
+        subnets: e.subnets.clone(),
+    }
+}
+
+async fn wait_for(rx: &mut watch::Receiver<bool>, value: bool) {
+    while *rx.borrow_and_update() != value {
+        if rx.changed().await.is_err() {
+            // The elector is gone: never true again.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,161 @@
+//! The active gateway's kernel state besides the WireGuard device: the
+//! tunnel address, the tunnel routes (protocol [`GATEWAY_PROTOCOL`]) and
+//! Causeway's nftables table on the gateway (identity SNAT and MSS
+//! clamping for traffic to and from remote subnets).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use causeway_globalnet::nft::{Applier, DataType, Family, NftCli, Set, Table};
+use causeway_globalnet::ruleset::{identity_chain, mss_chain};
+use futures::TryStreamExt;
+use ipnet::{IpNet, Ipv4Net};
+use netlink_packet_route::address::AddressAttribute;
+
+use super::Datapath;
+use crate::cable::InterfaceName;
+use crate::routes::netlink::NetlinkRoutes;
+use crate::routes::{GATEWAY_PROTOCOL, RouteApplier, gateway_plan};
+
+/// The gateway's own nftables table (settled decision 7).
+pub const GATEWAY_TABLE: &str = "causeway-gateway";
+const REMOTE_SET: &str = "remote";
+
+/// The gateway table without Globalnet: bind traffic to and from remote
+/// subnets with an identity SNAT before any CNI masquerade sees it, and
+/// clamp TCP MSS to the tunnel's MTU.
+pub fn tunnel_table(remote: &BTreeSet<IpNet>, mtu: u16) -> Table {
+    let mut table = Table::new(Family::Ip, GATEWAY_TABLE);
+    let mut set = Set::new(vec![DataType::Ipv4Addr]).interval();
+    let v4: Vec<Ipv4Net> = remote
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some(*n),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    for net in Ipv4Net::aggregate(&v4) {
+        set.insert(net);
+    }
+    table.sets.insert(REMOTE_SET.into(), set);
+    table
+        .chains
+        .insert("identity".into(), identity_chain(REMOTE_SET));
+    table
+        .chains
+        .insert("mss".into(), mss_chain(REMOTE_SET, mtu));
+    table
+}
+
+/// rtnetlink and `nft` in the gateway's own network namespace.
+pub struct KernelDatapath {
+    pub interface: InterfaceName,
+    pub tunnel_ip: IpAddr,
+    pub global_cidr: Option<IpNet>,
+    pub mtu: u16,
+    routes: Arc<RouteApplier<NetlinkRoutes>>,
+    nft: Arc<Applier<NftCli>>,
+}
+
+impl KernelDatapath {
+    pub fn new(
+        interface: InterfaceName,
+        tunnel_ip: IpAddr,
+        global_cidr: Option<IpNet>,
+        mtu: u16,
+    ) -> Self {
+        Self {
+            interface,
+            tunnel_ip,
+            global_cidr,
+            mtu,
+            routes: Arc::new(RouteApplier::new(NetlinkRoutes::new(), GATEWAY_PROTOCOL)),
+            nft: Arc::new(Applier::new(NftCli::new())),
+        }
+    }
+
+    /// `ip addr replace TUNNEL_IP/32 dev IFACE`, when it is not there yet.
+    async fn ensure_tunnel_address(&self) -> Result<(), String> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|e| format!("open netlink: {e}"))?;
+        let conn = tokio::spawn(connection);
+        let result = async {
+            let link = handle
+                .link()
+                .get()
+                .match_name(self.interface.to_string())
+                .execute()
+                .try_next()
+                .await
+                .map_err(|e| format!("find {}: {e}", self.interface))?
+                .ok_or_else(|| format!("no interface {}", self.interface))?;
+            let index = link.header.index;
+            let mut addresses = handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute();
+            while let Some(msg) = addresses
+                .try_next()
+                .await
+                .map_err(|e| format!("list addresses: {e}"))?
+            {
+                if msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == self.tunnel_ip))
+                {
+                    return Ok(());
+                }
+            }
+            let prefix = if self.tunnel_ip.is_ipv4() { 32 } else { 128 };
+            handle
+                .address()
+                .add(index, self.tunnel_ip, prefix)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| format!("add {}/{prefix} to {}: {e}", self.tunnel_ip, self.interface))
+        }
+        .await;
+        conn.abort();
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl Datapath for KernelDatapath {
+    async fn converge(&self, subnets: &BTreeSet<IpNet>) -> Result<(), String> {
+        self.ensure_tunnel_address().await?;
+        let plan = gateway_plan(
+            &self.interface,
+            Some(self.tunnel_ip),
+            subnets.iter().copied(),
+            self.global_cidr,
+        );
+        let routes = self.routes.clone();
+        let table = tunnel_table(subnets, self.mtu);
+        let nft = self.nft.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            routes.reconcile(&plan).map_err(|e| e.to_string())?;
+            nft.reconcile(&table).map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    async fn withdraw(&self) -> Result<(), String> {
+        let routes = self.routes.clone();
+        let nft = self.nft.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            routes.remove_all().map_err(|e| e.to_string())?;
+            nft.remove(Family::Ip, GATEWAY_TABLE)
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
