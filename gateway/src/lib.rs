@@ -11,6 +11,7 @@ pub mod cable;
 pub mod engine;
 mod error;
 pub mod health;
+pub mod route_agent;
 pub mod routes;
 
 pub use error::Error;
