@@ -12,6 +12,8 @@ pub use records::{
 pub mod election;
 pub mod error;
 pub mod join;
+pub mod mcs;
+pub mod source;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -1,0 +1,68 @@
+//! Cluster sources: the local cluster's Services, EndpointSlices,
+//! ServiceExports, Nodes and Namespaces, as one state that is republished on
+//! every change. Planners are functions of that whole state, so a source
+//! hands out snapshots on a `tokio::sync::watch` channel rather than events.
+//!
+//! Backends: a directory of Kubernetes manifests (the lab, and clusters
+//! without a Kubernetes API) and the Kubernetes API through kube reflectors.
+
+mod manifest;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::watch;
+
+pub use manifest::{Manifest, ManifestDirSource, ManifestError, parse_manifests};
+
+use crate::mcs::ServiceExport;
+
+/// `(namespace, name)`; the namespace is empty for cluster-scoped kinds.
+pub type ObjectKey = (String, String);
+
+/// Everything a cluster source streams, keyed by namespace and name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterState {
+    /// False until the source has read everything once; consumers must not
+    /// delete anything on the strength of an unsynced (empty) state.
+    pub synced: bool,
+    /// Services.
+    pub services: BTreeMap<ObjectKey, Service>,
+    /// EndpointSlices (`discovery.k8s.io/v1`).
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    /// MCS ServiceExports.
+    pub service_exports: BTreeMap<ObjectKey, ServiceExport>,
+    /// Nodes.
+    pub nodes: BTreeMap<ObjectKey, Node>,
+    /// Namespaces (namespace sameness).
+    pub namespaces: BTreeMap<ObjectKey, Namespace>,
+}
+
+impl ClusterState {
+    /// The EndpointSlices of one Service (by the `kubernetes.io/service-name` label).
+    pub fn slices_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.endpoint_slices
+            .iter()
+            .filter(move |((ns, _), s)| {
+                ns == namespace
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"))
+                        .is_some_and(|n| n == service)
+            })
+            .map(|(_, s)| s)
+    }
+}
+
+/// A source of the local cluster's state.
+pub trait ClusterSource: Send + Sync {
+    /// The latest state; every change publishes a new one.
+    fn state(&self) -> watch::Receiver<Arc<ClusterState>>;
+}
