@@ -10,7 +10,8 @@
 //! gateway is active); [`plan_nft`] into the `causeway-node` table, whose
 //! chain at `srcnat - 10` binds traffic to and from remote subnets with
 //! `snat ip to ip saddr` (Settled decision 2). [`Datapath::reconcile`]
-//! applies both through their appliers.
+//! applies both through their appliers; [`run`] does so on every change of
+//! the Endpoint records in the cluster's own store and on a timer.
 //!
 //! A remote cluster with a subnet that is a default route or overlaps a local
 //! CIDR is refused whole (as the gateway refuses its peer), so its traffic
@@ -18,14 +19,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use causeway_api::{ClusterId, Endpoint};
+use causeway_api::store::{RecordSet, Store};
+use causeway_api::{ClusterId, Endpoint, Kind};
 use causeway_globalnet::nft::{self, DataType, Family, Set, Table};
 use causeway_globalnet::ruleset::identity_chain;
+use futures::StreamExt;
 use ipnet::{IpNet, Ipv4Net};
+use tokio_util::sync::CancellationToken;
 
 use crate::routes::{
-    ROUTE_AGENT_PROTOCOL, Route, RouteApplier, RouteBackend, RouteDiff, RouteError,
+    ROUTE_AGENT_PROTOCOL, Route, RouteApplier, RouteBackend, RouteDiff, RouteError, rp_filter,
 };
 
 /// The route agent's nftables table (`nft list table ip causeway-node`).
@@ -279,6 +285,103 @@ impl<R: RouteBackend, N: nft::Backend> Datapath<R, N> {
     }
 }
 
+/// What the route agent daemon needs besides its backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// This node's cluster.
+    pub cluster: ClusterId,
+    /// This node's name (as the gateway writes it into the Endpoint record).
+    pub node_name: String,
+    /// The local cluster's pod, service, node (and global) CIDRs.
+    pub local_subnets: Vec<IpNet>,
+    /// Interfaces whose rp_filter is loosened besides `all`; `None` leaves
+    /// rp_filter alone.
+    pub rp_filter: Option<Vec<String>>,
+    /// How often the datapath is re-checked without any event (drift repair).
+    pub resync: Duration,
+}
+
+/// The route agent: watches the Endpoint records of the cluster's own store
+/// (Settled decision 1) and reconciles the datapath on every change and
+/// every `resync`, until `cancel` fires. While the store is unreachable the
+/// last known state stands (the watch retries inside). Loosens rp_filter on
+/// every resync (the calling thread's namespace: the daemon's).
+pub async fn run<R, N>(
+    config: AgentConfig,
+    store: Arc<dyn Store>,
+    datapath: Arc<Datapath<R, N>>,
+    cancel: CancellationToken,
+) where
+    R: RouteBackend + 'static,
+    N: nft::Backend + Send + Sync + 'static,
+{
+    let mut events = store.watch(Some(Kind::Endpoint), None);
+    let mut endpoints = RecordSet::default();
+    let mut tick = tokio::time::interval(config.resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Input> = None;
+    loop {
+        let timer = tokio::select! {
+            _ = cancel.cancelled() => return,
+            ev = events.next() => match ev {
+                Some(ev) => {
+                    endpoints.apply(ev);
+                    false
+                }
+                None => return,
+            },
+            _ = tick.tick() => true,
+        };
+        if let Some(interfaces) = config.rp_filter.clone().filter(|_| timer) {
+            match tokio::task::spawn_blocking(move || rp_filter::loosen(&interfaces)).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not loosen rp_filter"),
+                Err(e) => tracing::warn!(error = %e, "rp_filter task failed"),
+                Ok(Ok(_)) => {}
+            }
+        }
+        if !endpoints.is_synced() {
+            continue;
+        }
+        let all: Vec<Endpoint> = endpoints.typed::<Endpoint>().collect();
+        let local = all.iter().find(|e| e.cluster == config.cluster);
+        let input = Input::from_endpoints(
+            config.node_name.clone(),
+            local,
+            all.iter(),
+            config.local_subnets.clone(),
+        );
+        // An event that changes nothing of ours (another record's revision)
+        // needs no kernel round trip; the timer still repairs drift.
+        if !timer && last.as_ref() == Some(&input) {
+            continue;
+        }
+        let dp = Arc::clone(&datapath);
+        let planned = input.clone();
+        match tokio::task::spawn_blocking(move || dp.reconcile(&planned)).await {
+            Ok(Ok(outcome)) => {
+                if !outcome.routes.is_empty() || outcome.nft_changed {
+                    tracing::info!(
+                        gateway = ?input.active.as_ref().map(|a| &a.node_name),
+                        replaced = outcome.routes.replace.len(),
+                        deleted = outcome.routes.delete.len(),
+                        nft_changed = outcome.nft_changed,
+                        "route agent converged"
+                    );
+                }
+                last = Some(input);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not converge the node's datapath; retrying");
+                last = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "route agent reconcile task failed");
+                last = None;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,21 +516,93 @@ mod tests {
         );
     }
 
+    fn ep(cluster: &str, node: &str, addr: &str, subnets: &[&str]) -> Endpoint {
+        serde_json::from_value(serde_json::json!({
+            "cluster": cluster,
+            "nodeName": node,
+            "privateIp": addr,
+            "port": 51820,
+            "publicKey": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "subnets": subnets,
+            "backend": "kernel",
+            "mtu": 1420,
+        }))
+        .unwrap_or_else(|e| panic!("endpoint json: {e}"))
+    }
+
+    /// Waits up to 3 s for the fake's routes to be `want`.
+    async fn routes_become(dp: &Datapath<crate::routes::fake::FakeRoutes, FakeNft>, want: &[&str]) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let have: Vec<String> = dp
+                .routes()
+                .backend()
+                .routes()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            if have == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "routes {have:?}, want {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn run_follows_the_endpoint_records() {
+        use causeway_api::{AnyRecord, FakeStore};
+        let store = Arc::new(FakeStore::new());
+        let put = |e: Endpoint| {
+            let store = Arc::clone(&store);
+            async move { store.put(&AnyRecord::from(e)).await.unwrap() }
+        };
+        put(ep("a", "node-0", "192.168.10.1", &["10.244.0.0/16"])).await;
+        put(ep("b", "node-0", "192.168.20.1", &["10.245.0.0/16"])).await;
+        let dp = Arc::new(Datapath::new(
+            crate::routes::fake::FakeRoutes::default(),
+            FakeNft::default(),
+        ));
+        let cancel = CancellationToken::new();
+        let config = AgentConfig {
+            cluster: id("a"),
+            node_name: "node-2".into(),
+            local_subnets: vec![net("10.244.0.0/16")],
+            rp_filter: None,
+            resync: std::time::Duration::from_secs(30),
+        };
+        let task = tokio::spawn(run(config, store.clone(), Arc::clone(&dp), cancel.clone()));
+        routes_become(&dp, &["10.245.0.0/16 via 192.168.10.1 proto 203"]).await;
+
+        // Failover to node-1.
+        put(ep("a", "node-1", "192.168.10.2", &["10.244.0.0/16"])).await;
+        routes_become(&dp, &["10.245.0.0/16 via 192.168.10.2 proto 203"]).await;
+        // A new cluster joins.
+        put(ep("c", "node-0", "192.168.30.1", &["10.246.0.0/16"])).await;
+        routes_become(
+            &dp,
+            &[
+                "10.245.0.0/16 via 192.168.10.2 proto 203",
+                "10.246.0.0/16 via 192.168.10.2 proto 203",
+            ],
+        )
+        .await;
+        // This node takes the lease: no remote routes here.
+        put(ep("a", "node-2", "192.168.10.3", &["10.244.0.0/16"])).await;
+        routes_become(&dp, &[]).await;
+
+        cancel.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     #[test]
     fn from_endpoints_skips_this_cluster() {
-        let ep = |cluster: &str, node: &str, addr: &str, subnets: &[&str]| -> Endpoint {
-            serde_json::from_value(serde_json::json!({
-                "cluster": cluster,
-                "nodeName": node,
-                "privateIp": addr,
-                "port": 51820,
-                "publicKey": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-                "subnets": subnets,
-                "backend": "kernel",
-                "mtu": 1420,
-            }))
-            .unwrap_or_else(|e| panic!("endpoint json: {e}"))
-        };
         let a = ep("a", "node-0", "192.168.10.1", &["10.244.0.0/16"]);
         let b = ep("b", "node-1", "192.168.20.2", &["10.245.0.0/16"]);
         let inp = Input::from_endpoints("node-2", Some(&a), [&a, &b], vec![net("10.244.0.0/16")]);
