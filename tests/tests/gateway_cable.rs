@@ -34,13 +34,13 @@ fn ip(args: &[&str]) {
 
 /// Two namespaces joined by a veth; deleted on drop.
 struct Pair {
-    ns: [String; 2],
+    ns: Vec<String>,
 }
 
 impl Pair {
     fn new(run: &str) -> Self {
         let pair = Self {
-            ns: [format!("cwgA{run}"), format!("cwgB{run}")],
+            ns: vec![format!("cwgA{run}"), format!("cwgB{run}")],
         };
         for ns in &pair.ns {
             ip(&["netns", "add", ns]);
@@ -74,6 +74,42 @@ impl Pair {
             ip(&["-n", ns, "link", "set", &veth[i], "up"]);
         }
         pair
+    }
+
+    /// A third namespace, b's standby gateway, on its own link to a
+    /// (192.168.79.0/24: a is .1, the standby .2).
+    fn add_standby(&mut self, run: &str) {
+        let ns = format!("cwgC{run}");
+        ip(&["netns", "add", &ns]);
+        self.ns.push(ns.clone());
+        let veth = [format!("vac{run}"), format!("vc{run}")];
+        ip(&[
+            "link",
+            "add",
+            &veth[0],
+            "netns",
+            &self.ns[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &veth[1],
+            "netns",
+            &ns,
+        ]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        for (i, ns) in [self.ns[0].clone(), ns].iter().enumerate() {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("192.168.79.{}/24", i + 1),
+                "dev",
+                &veth[i],
+            ]);
+            ip(&["-n", ns, "link", "set", &veth[i], "up"]);
+        }
     }
 
     fn path(&self, i: usize) -> PathBuf {
@@ -433,5 +469,160 @@ fn embedded_and_wireguard_go_interoperate() {
     for g in &gw {
         g.cable.teardown().unwrap();
         assert_eq!(g.cable.observe().unwrap(), None);
+    }
+}
+
+/// The cluster key makes failover need no re-planning on the far side: b's
+/// standby (another node, same key) takes over, its first packets move a's
+/// endpoint for b (WireGuard roaming), and a's reconcile, still holding b's
+/// stale record, leaves the roamed endpoint alone (Settled decision 4).
+#[test]
+fn roaming_carries_traffic_to_the_standby_and_reconcile_keeps_it() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test builds network namespaces: run it as root (scripts/test.sh)"
+    );
+    let run = format!("{}r", std::process::id() % 100_000);
+    let mut pair = Pair::new(&run);
+    pair.add_standby(&run);
+    let name = InterfaceName::new("cw0").unwrap();
+    let b_keys = KeyPair::generate();
+    let mut a = Gateway {
+        cable: Box::new(EmbeddedCable::new(name.clone(), Some(pair.path(0)))),
+        keys: KeyPair::generate(),
+        pod: "10.10.1.0/24".parse().unwrap(),
+        tunnel_ip: "10.10.1.1",
+        underlay: "192.168.77.1:51820".parse().unwrap(),
+        written: BTreeMap::new(),
+    };
+    let mut b = [1, 2].map(|i| Gateway {
+        cable: Box::new(EmbeddedCable::new(name.clone(), Some(pair.path(i)))),
+        keys: b_keys.clone(),
+        pod: "10.10.2.0/24".parse().unwrap(),
+        tunnel_ip: "10.10.2.1",
+        underlay: if i == 1 {
+            "192.168.77.2:51820"
+        } else {
+            "192.168.79.2:51820"
+        }
+        .parse()
+        .unwrap(),
+        written: BTreeMap::new(),
+    });
+    // a reaches b's standby over the second link.
+    let a_for_standby = RemoteEndpoint {
+        endpoint: "192.168.79.1:51820".parse().unwrap(),
+        ..a.as_remote("a")
+    };
+    a.cable.ensure(&a.spec()).unwrap();
+    ip(&[
+        "-n",
+        &pair.ns[0],
+        "addr",
+        "add",
+        "10.10.1.1/32",
+        "dev",
+        "cw0",
+    ]);
+    ip(&[
+        "-n",
+        &pair.ns[0],
+        "route",
+        "add",
+        "10.10.2.0/24",
+        "dev",
+        "cw0",
+        "src",
+        "10.10.1.1",
+    ]);
+    for (i, g) in b.iter().enumerate() {
+        g.cable.ensure(&g.spec()).unwrap();
+        let ns = &pair.ns[i + 1];
+        ip(&["-n", ns, "addr", "add", "10.10.2.1/32", "dev", "cw0"]);
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "10.10.1.0/24",
+            "dev",
+            "cw0",
+            "src",
+            "10.10.2.1",
+        ]);
+    }
+    // b's record names its active gateway, node 1.
+    let b_record = b[0].as_remote("b");
+    a.reconcile(&b_record);
+    b[0].reconcile(&a.as_remote("a"));
+    let to: SocketAddr = "10.10.2.1:7777".parse().unwrap();
+    let bind = |i: usize| {
+        run_in(Some(&pair.path(i)), || {
+            Ok(TcpListener::bind(to).expect("bind the tunnel address"))
+        })
+        .unwrap()
+    };
+    let active = bind(1);
+    assert_eq!(
+        exchange(&pair, &active, to, "to b"),
+        "to b seen from 10.10.1.1"
+    );
+
+    // Failover: node 1 loses the lease and strips its peers; the standby,
+    // with the same key, configures its peer a and sends first.
+    b[0].cable.strip_peers().unwrap();
+    b[1].reconcile(&a_for_standby);
+    let standby = bind(2);
+    let ping = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pair.ns[2],
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+        ])
+        .args(["-I", "10.10.2.1", "10.10.1.1"])
+        .output()
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "standby cannot reach a through the tunnel: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let roamed = "192.168.79.2:51820".parse().unwrap();
+    let endpoint = |a: &Gateway| {
+        a.cable.observe().unwrap().unwrap().peers[&b_keys.public()]
+            .config
+            .endpoint
+    };
+    assert_eq!(endpoint(&a), Some(roamed), "a did not roam to the standby");
+    assert_eq!(
+        exchange(&pair, &standby, to, "to standby"),
+        "to standby seen from 10.10.1.1"
+    );
+
+    // a's broker view is stale (it still names node 1): drift repair must not undo the roam.
+    assert!(a.reconcile(&b_record).is_empty());
+    assert_eq!(endpoint(&a), Some(roamed));
+    // When b's record catches up, the endpoint it names is written.
+    let moved = RemoteEndpoint {
+        endpoint: roamed,
+        ..b_record.clone()
+    };
+    assert!(
+        a.reconcile(&moved).is_empty(),
+        "the device is already there"
+    );
+    assert_eq!(a.written.get(&b_keys.public()), Some(&roamed));
+    drop(standby);
+    drop(active);
+    a.cable.teardown().unwrap();
+    for g in &b {
+        g.cable.teardown().unwrap();
     }
 }
