@@ -291,3 +291,17 @@ async fn dig_gets_the_same_answers() -> Result<()> {
     assert!(big.contains("ANSWER: 60"), "{big}");
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn idle_tcp_connections_are_closed() -> Result<()> {
+    let server = start().await?;
+    let mut stream = TcpStream::connect(server.addr).await?;
+    // Half a length prefix, then nothing: closed after the 2 s idle timeout.
+    stream.write_all(&[0]).await?;
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .context("connection still open after the idle timeout")??;
+    assert_eq!(n, 0);
+    server.shutdown().await
+}

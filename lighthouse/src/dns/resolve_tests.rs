@@ -617,3 +617,39 @@ fn answer_modes_parse() {
     );
     assert!("vip".parse::<AnswerMode>().is_err());
 }
+
+#[test]
+fn ipv6_headless_endpoints_have_dashed_names_and_aaaa() {
+    let mut index = Index::with_local(id("a"));
+    index.set_reachable(id("b"), true);
+    index.upsert_export(
+        key("default", "v6db"),
+        id("b"),
+        headless(
+            vec![Endpoint::new(None, ip("fd00:10:244::5"), true)],
+            vec![ServicePort::new(Some("pg"), Protocol::Tcp, 5432)],
+        ),
+    );
+    let opts = ResolverOptions::default();
+    let z = "svc.clusterset.local.";
+    assert_eq!(
+        ask_with(
+            &format!("fd00-10-244--5.b.v6db.default.{z}"),
+            AAAA,
+            &index,
+            &opts
+        ),
+        ok(&["an fd00-10-244--5.b.v6db.default.svc.clusterset.local. 5 AAAA fd00:10:244::5"])
+    );
+    assert_eq!(
+        ask_with(&format!("v6db.default.{z}"), A, &index, &opts)[0],
+        "NOERROR aa=true"
+    );
+    assert_eq!(
+        ask_with(&format!("_pg._tcp.v6db.default.{z}"), SRV_, &index, &opts),
+        ok(&[
+            "an _pg._tcp.v6db.default.svc.clusterset.local. 5 SRV 0 100 5432 fd00-10-244--5.b.v6db.default.svc.clusterset.local.",
+            "ad fd00-10-244--5.b.v6db.default.svc.clusterset.local. 5 AAAA fd00:10:244::5",
+        ])
+    );
+}
