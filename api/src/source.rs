@@ -6,6 +6,7 @@
 //! Backends: a directory of Kubernetes manifests (the lab, and clusters
 //! without a Kubernetes API) and the Kubernetes API through kube reflectors.
 
+mod kubernetes;
 mod manifest;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
 
+pub use kubernetes::KubeSource;
 pub use manifest::{Manifest, ManifestDirSource, ManifestError, parse_manifests};
 
 use crate::mcs::ServiceExport;
