@@ -6,6 +6,17 @@
 //! plain value: whoever updates it builds a new one (or clones and edits the
 //! current one) and publishes it through [`IndexHandle`], so a query always
 //! sees one consistent snapshot.
+//!
+//! The adapter from the api crate's records is meant to be this thin:
+//! - a `ServiceImport` of cluster C for namespace/name becomes
+//!   `upsert_export(key, C, ClusterExport { ports, backing })` with backing
+//!   `ClusterSetIp { addresses: if C is local { cluster_ips } else
+//!   { addresses }, ready: true }` or `Headless { endpoints }`, each endpoint
+//!   `Endpoint::new(hostname, if C is local { local_address } else
+//!   { address }, true)` (records list ready endpoints only);
+//! - a `ConnectionStatus` reported by the local cluster about peer P becomes
+//!   `set_reachable(P, state == Connected)` (Settled decision 9);
+//! - a re-list replaces a cluster's exports with `replace_cluster_exports`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -370,6 +381,34 @@ impl Index {
         self.bump();
     }
 
+    /// Replaces every export of `cluster` with `exports` (a re-list of that
+    /// cluster's records); imports left without exports go.
+    pub fn replace_cluster_exports(
+        &mut self,
+        cluster: &ClusterId,
+        exports: impl IntoIterator<Item = (ServiceKey, ClusterExport)>,
+    ) {
+        self.services.retain(|_, s| {
+            s.clusters.remove(cluster);
+            !s.clusters.is_empty()
+        });
+        for (key, export) in exports {
+            let ty = export.backing.service_type();
+            self.services
+                .entry(key)
+                .or_insert_with(|| ImportedService::new(ty))
+                .clusters
+                .insert(cluster.clone(), export);
+        }
+        self.bump();
+    }
+
+    /// Replaces the set of reachable clusters (a re-list of statuses).
+    pub fn replace_reachable(&mut self, reachable: impl IntoIterator<Item = ClusterId>) {
+        self.reachable = reachable.into_iter().collect();
+        self.bump();
+    }
+
     /// Sets the type that won conflict resolution for `key`.
     pub fn set_service_type(&mut self, key: &ServiceKey, ty: ServiceType) {
         if let Some(service) = self.services.get_mut(key) {
@@ -502,6 +541,39 @@ mod tests {
         assert!(index.service(&key).is_some());
         index.remove_cluster(&b);
         assert!(index.service(&key).is_none());
+    }
+
+    #[test]
+    fn replacing_a_clusters_exports_drops_the_ones_not_listed() {
+        let web = ServiceKey::new("default", "web").unwrap();
+        let db = ServiceKey::new("default", "db").unwrap();
+        let a = ClusterId::new("a").unwrap();
+        let b = ClusterId::new("b").unwrap();
+        let export = ClusterExport {
+            ports: vec![],
+            backing: Backing::Headless { endpoints: vec![] },
+        };
+        let mut index = Index::new();
+        index.upsert_export(web.clone(), a.clone(), export.clone());
+        index.upsert_export(web.clone(), b.clone(), export.clone());
+        index.upsert_export(db.clone(), b.clone(), export.clone());
+        index.replace_cluster_exports(&b, [(db.clone(), export)]);
+        assert_eq!(
+            index
+                .service(&web)
+                .unwrap()
+                .clusters
+                .keys()
+                .collect::<Vec<_>>(),
+            [&a]
+        );
+        assert!(index.service(&db).unwrap().clusters.contains_key(&b));
+        index.replace_cluster_exports(&b, []);
+        assert!(index.service(&db).is_none());
+
+        index.set_reachable(a.clone(), true);
+        index.replace_reachable([b.clone()]);
+        assert!(!index.is_reachable(&a) && index.is_reachable(&b));
     }
 
     #[test]
