@@ -181,6 +181,49 @@ pub struct StatusChange<K> {
     pub rtt: Option<RttStats>,
 }
 
+impl From<RttStats> for causeway_api::records::RttStats {
+    fn from(r: RttStats) -> Self {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Self {
+            last_us: us(r.last),
+            min_us: us(r.min),
+            mean_us: us(r.mean),
+            max_us: us(r.max),
+        }
+    }
+}
+
+impl From<HealthState> for causeway_api::records::ConnectionState {
+    fn from(s: HealthState) -> Self {
+        match s {
+            HealthState::Connecting => Self::Connecting,
+            HealthState::Connected => Self::Connected,
+            HealthState::Error => Self::Error,
+        }
+    }
+}
+
+impl StatusChange<causeway_api::ClusterId> {
+    /// The connection status record `reporter`'s gateway writes for this
+    /// change (the reason only when not connected; RTT as of the change).
+    pub fn to_record(&self, reporter: &causeway_api::ClusterId) -> causeway_api::ConnectionStatus {
+        let since_ms = self
+            .status
+            .since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        causeway_api::ConnectionStatus {
+            cluster: reporter.clone(),
+            peer: self.peer.clone(),
+            state: self.status.state.into(),
+            reason: (self.status.state != HealthState::Connected)
+                .then(|| self.status.reason.clone()),
+            rtt: self.rtt.map(Into::into),
+            since_ms,
+        }
+    }
+}
+
 /// A shared, read-only view of every peer's health.
 #[derive(Debug)]
 pub struct HealthView<K> {
