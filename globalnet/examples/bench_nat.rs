@@ -47,7 +47,8 @@ fn main() {
         std::process::exit(2);
     }
 
-    let mut rows: Vec<(String, Option<Duration>, String)> = Vec::new();
+    let mut rows = Rows::default();
+    let cpu0 = children_cpu();
     if let Some(i) = args.iter().position(|a| a == "--dump") {
         let batch = causeway_globalnet::nft::diff(&plan(&input(exports, endpoints)), None);
         std::fs::write(
@@ -61,6 +62,7 @@ fn main() {
     // --- nftables, Causeway's way
     let input_n = input(exports, endpoints);
     let applier = Applier::new(NftCli::new());
+    rows.reset();
     let t = Instant::now();
     let p = plan(&input_n);
     let planned = t.elapsed();
@@ -80,7 +82,11 @@ fn main() {
     ));
 
     let input_more = input(exports + 1, endpoints);
+    rows.reset();
+    let t = Instant::now();
     let p_more = plan(&input_more);
+    let planned = t.elapsed();
+    rows.reset();
     let t = Instant::now();
     let out = applier
         .reconcile_incremental(&p_more)
@@ -88,16 +94,23 @@ fn main() {
     let nft_one = t.elapsed();
     let s = out.batch.summary();
     rows.push((
-        format!("nft: one more export with {exports} present (incremental)"),
+        format!(
+            "nft: one more export with {exports} present (diff against last plan + one transaction)"
+        ),
         Some(nft_one),
         format!(
-            "{} element, {} chain, {} rule",
-            s.elements_added, s.chains_added, s.rules_added
+            "{} element, {} chain, {} rules; planning all {} exports took {:.1} ms more",
+            s.elements_added,
+            s.chains_added,
+            s.rules_added,
+            exports + 1,
+            ms(planned)
         ),
     ));
 
     let p_two = plan(&input(exports + 2, endpoints));
     let fresh = Applier::new(NftCli::new());
+    rows.reset();
     let t = Instant::now();
     fresh
         .reconcile(&p_two)
@@ -110,6 +123,7 @@ fn main() {
         Some(t.elapsed()),
         String::new(),
     ));
+    rows.reset();
     let t = Instant::now();
     let out = fresh.reconcile(&p_two).expect("resync");
     assert!(!out.changed());
@@ -144,6 +158,7 @@ fn main() {
             doc.push_str(&format!("-A {CHAIN} {r}\n"));
         }
         doc.push_str("COMMIT\n");
+        rows.reset();
         let t = Instant::now();
         let ok = run_stdin(save_tool, &["--noflush"], &doc);
         let restore = t.elapsed();
@@ -161,6 +176,8 @@ fn main() {
             String::new(),
         ));
 
+        rows.reset();
+
         let t = Instant::now();
         let exists = iptables(tool, &format!("-t nat -C {CHAIN} {one_more}"));
         assert!(!exists, "rule exists already");
@@ -173,6 +190,7 @@ fn main() {
 
         if per_rule > 0 && tool == "iptables" {
             assert!(iptables(tool, &format!("-t nat -F {CHAIN}")));
+            rows.reset();
             let t = Instant::now();
             for r in rules.iter().take(per_rule) {
                 assert!(iptables(tool, &format!("-t nat -A {CHAIN} {r}")));
@@ -193,12 +211,47 @@ fn main() {
         iptables(tool, &format!("-t nat -X {CHAIN}"));
     }
 
-    println!("| operation | ms | notes |");
-    println!("|---|---:|---|");
-    for (what, d, note) in &rows {
+    eprintln!(
+        "CPU time of all nft/iptables children: {:.1} s",
+        children_cpu() - cpu0
+    );
+    println!("| operation | wall ms | CPU ms (tools) | notes |");
+    println!("|---|---:|---:|---|");
+    for (what, d, note, cpu) in &rows.v {
         let v = d.map_or("n/a".to_string(), |d| format!("{:.1}", ms(d)));
-        println!("| {what} | {v} | {note} |");
+        println!("| {what} | {v} | {:.0} | {note} |", cpu * 1000.0);
     }
+}
+
+/// Result rows, each with the CPU its child processes used.
+#[derive(Default)]
+struct Rows {
+    v: Vec<(String, Option<Duration>, String, f64)>,
+    mark: f64,
+}
+
+impl Rows {
+    fn push(&mut self, (what, wall, note): (String, Option<Duration>, String)) {
+        let now = children_cpu();
+        self.v.push((what, wall, note, now - self.mark));
+        self.mark = now;
+    }
+
+    /// Starts the CPU count of the next row here.
+    fn reset(&mut self) {
+        self.mark = children_cpu();
+    }
+}
+
+/// User + system seconds of waited-for children (/proc/self/stat fields 16
+/// and 17, in clock ticks of 1/100 s on Linux).
+fn children_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // after the command name: field 3 is f[0], so field 16 is f[13]
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(13) + tick(14)) / 100.0
 }
 
 fn ms(d: Duration) -> f64 {

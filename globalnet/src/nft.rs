@@ -10,7 +10,7 @@ pub mod model;
 pub mod render;
 
 pub use backend::{Backend, FakeNft, NftCli};
-pub use diff::{Batch, BatchSummary, Observed, ObservedChain, Op, diff};
+pub use diff::{Batch, BatchSummary, Observed, ObservedChain, Op, diff, diff_from_plan};
 pub use model::{
     BaseChain, Chain, ChainType, DataType, Family, Hook, Policy, Rule, Set, SetFlag, Table, Value,
     Verdict, priority,
@@ -26,9 +26,9 @@ use crate::Error;
 #[derive(Debug)]
 pub struct Applier<B> {
     backend: B,
-    /// What this applier last wrote, per table: lets
+    /// The plan this applier last brought each table to: lets
     /// [`Applier::reconcile_incremental`] skip listing a large table.
-    last: Mutex<BTreeMap<(Family, String), Observed>>,
+    last: Mutex<BTreeMap<(Family, String), Table>>,
 }
 
 /// What one reconcile did.
@@ -71,21 +71,29 @@ impl<B: Backend> Applier<B> {
     #[tracing::instrument(skip_all, fields(table = %plan.name))]
     pub fn reconcile(&self, plan: &Table) -> Result<ApplyOutcome, Error> {
         let observed = self.backend.observe(plan.family, &plan.name)?;
-        self.apply_diff(plan, observed.as_ref())
+        self.apply_batch(plan, diff(plan, observed.as_ref()))
     }
 
-    /// Like [`Applier::reconcile`], but diffs against what this applier
-    /// last wrote instead of listing the table (listing 10,000 chains costs
-    /// far more than adding one). Lists the table when nothing is cached,
-    /// and again when the transaction fails because the table drifted.
+    /// Like [`Applier::reconcile`], but diffs against the plan this applier
+    /// last applied instead of listing the table (listing 10,000 chains
+    /// costs far more than adding one). Lists the table when nothing is
+    /// cached, and again when the transaction fails because the table
+    /// drifted; drift that does not make it fail waits for the next
+    /// [`Applier::reconcile`].
     #[tracing::instrument(skip_all, fields(table = %plan.name))]
     pub fn reconcile_incremental(&self, plan: &Table) -> Result<ApplyOutcome, Error> {
         let key = (plan.family, plan.name.clone());
-        let cached = self.last.lock().expect("lock").get(&key).cloned();
-        let Some(cached) = cached else {
-            return self.reconcile(plan);
+        let batch = {
+            let last = self.last.lock().expect("lock");
+            match last.get(&key) {
+                Some(prev) => diff_from_plan(plan, prev),
+                None => {
+                    drop(last);
+                    return self.reconcile(plan);
+                }
+            }
         };
-        match self.apply_diff(plan, Some(&cached)) {
+        match self.apply_batch(plan, batch) {
             Ok(out) => Ok(out),
             Err(e) => {
                 tracing::warn!(error = %e, "incremental update failed; resyncing from the live table");
@@ -94,9 +102,8 @@ impl<B: Backend> Applier<B> {
         }
     }
 
-    fn apply_diff(&self, plan: &Table, observed: Option<&Observed>) -> Result<ApplyOutcome, Error> {
+    fn apply_batch(&self, plan: &Table, batch: Batch) -> Result<ApplyOutcome, Error> {
         let key = (plan.family, plan.name.clone());
-        let batch = diff(plan, observed);
         if batch.is_empty() {
             tracing::debug!("nftables table already up to date");
         } else {
@@ -114,10 +121,7 @@ impl<B: Backend> Applier<B> {
                 return Err(e);
             }
         }
-        self.last
-            .lock()
-            .expect("lock")
-            .insert(key, Observed::of_plan(plan));
+        self.last.lock().expect("lock").insert(key, plan.clone());
         Ok(ApplyOutcome { batch })
     }
 

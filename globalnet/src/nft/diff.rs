@@ -187,14 +187,82 @@ impl BatchSummary {
 /// cannot be changed in place (a set's type, a base chain's hook or
 /// priority) makes the whole table be rebuilt, still in one transaction.
 pub fn diff(plan: &Table, observed: Option<&Observed>) -> Batch {
+    diff_against(plan, observed.map(Have::Observed))
+}
+
+/// The transaction that turns a table holding exactly `previous` (what was
+/// last applied) into `plan`. Same result as [`diff`] against the listing
+/// of `previous`, but compares rules as values instead of fingerprinting
+/// every rule, which matters with tens of thousands of them.
+pub fn diff_from_plan(plan: &Table, previous: &Table) -> Batch {
+    diff_against(plan, Some(Have::Plan(previous)))
+}
+
+/// What the table holds: a listing, or the plan last applied.
+#[derive(Clone, Copy)]
+enum Have<'a> {
+    Observed(&'a Observed),
+    Plan(&'a Table),
+}
+
+impl<'a> Have<'a> {
+    fn sets(self) -> &'a BTreeMap<String, Set> {
+        match self {
+            Have::Observed(o) => &o.sets,
+            Have::Plan(t) => &t.sets,
+        }
+    }
+
+    /// `Some(base)` when the chain exists.
+    fn chain_base(self, name: &str) -> Option<Option<BaseChain>> {
+        match self {
+            Have::Observed(o) => o.chains.get(name).map(|c| c.base),
+            Have::Plan(t) => t.chains.get(name).map(|c| c.base),
+        }
+    }
+
+    fn chain_names(self) -> Vec<&'a String> {
+        match self {
+            Have::Observed(o) => o.chains.keys().collect(),
+            Have::Plan(t) => t.chains.keys().collect(),
+        }
+    }
+
+    fn chain_has_rules(self, name: &str) -> bool {
+        match self {
+            Have::Observed(o) => o
+                .chains
+                .get(name)
+                .is_some_and(|c| !c.rule_comments.is_empty()),
+            Have::Plan(t) => t.chains.get(name).is_some_and(|c| !c.rules.is_empty()),
+        }
+    }
+
+    /// Whether an existing chain's rules differ from `chain`'s.
+    fn rules_differ(self, name: &str, chain: &Chain) -> bool {
+        match self {
+            Have::Observed(o) => {
+                let have = &o.chains[name].rule_comments;
+                have.len() != chain.rules.len()
+                    || have
+                        .iter()
+                        .zip(&chain.rules)
+                        .any(|(h, r)| h.as_deref() != Some(r.kernel_comment().as_str()))
+            }
+            Have::Plan(t) => t.chains[name].rules != chain.rules,
+        }
+    }
+}
+
+fn diff_against(plan: &Table, have: Option<Have<'_>>) -> Batch {
     let mut ops = Vec::new();
-    match observed {
+    match have {
         None => create_all(plan, &mut ops),
-        Some(obs) if needs_rebuild(plan, obs) => {
+        Some(have) if needs_rebuild(plan, have) => {
             ops.push(Op::DeleteTable);
             create_all(plan, &mut ops);
         }
-        Some(obs) => update(plan, obs, &mut ops),
+        Some(have) => update(plan, have, &mut ops),
     }
     Batch {
         family: plan.family,
@@ -203,16 +271,15 @@ pub fn diff(plan: &Table, observed: Option<&Observed>) -> Batch {
     }
 }
 
-fn needs_rebuild(plan: &Table, obs: &Observed) -> bool {
-    let chain_changed = plan.chains.iter().any(|(name, chain)| {
-        obs.chains
-            .get(name)
-            .is_some_and(|have| have.base != chain.base)
-    });
+fn needs_rebuild(plan: &Table, have: Have<'_>) -> bool {
+    let chain_changed = plan
+        .chains
+        .iter()
+        .any(|(name, chain)| have.chain_base(name).is_some_and(|base| base != chain.base));
     let set_changed = plan.sets.iter().any(|(name, set)| {
-        obs.sets
+        have.sets()
             .get(name)
-            .is_some_and(|have| !have.same_declaration(set))
+            .is_some_and(|h| !h.same_declaration(set))
     });
     chain_changed || set_changed
 }
@@ -266,10 +333,10 @@ fn add_rules(name: &str, chain: &Chain, ops: &mut Vec<Op>) {
     }
 }
 
-fn update(plan: &Table, obs: &Observed, ops: &mut Vec<Op>) {
+fn update(plan: &Table, have: Have<'_>, ops: &mut Vec<Op>) {
     // 1. New chains and sets.
     for (name, chain) in &plan.chains {
-        if !obs.chains.contains_key(name) {
+        if have.chain_base(name).is_none() {
             ops.push(Op::AddChain {
                 name: name.clone(),
                 base: chain.base,
@@ -277,7 +344,7 @@ fn update(plan: &Table, obs: &Observed, ops: &mut Vec<Op>) {
         }
     }
     for (name, set) in &plan.sets {
-        if !obs.sets.contains_key(name) {
+        if !have.sets().contains_key(name) {
             ops.push(Op::AddSet {
                 name: name.clone(),
                 set: declaration(set),
@@ -288,8 +355,8 @@ fn update(plan: &Table, obs: &Observed, ops: &mut Vec<Op>) {
     // delete and an add of the same key in one transaction.
     for (name, set) in &plan.sets {
         let empty = BTreeMap::new();
-        let have = obs.sets.get(name).map_or(&empty, |s| &s.elements);
-        let stale: Vec<Value> = have
+        let have_elems = have.sets().get(name).map_or(&empty, |s| &s.elements);
+        let stale: Vec<Value> = have_elems
             .iter()
             .filter(|(k, v)| set.elements.get(*k) != Some(*v))
             .map(|(k, _)| k.clone())
@@ -303,7 +370,7 @@ fn update(plan: &Table, obs: &Observed, ops: &mut Vec<Op>) {
         let missing: Vec<(Value, Option<Value>)> = set
             .elements
             .iter()
-            .filter(|(k, v)| have.get(*k) != Some(*v))
+            .filter(|(k, v)| have_elems.get(*k) != Some(*v))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !missing.is_empty() {
@@ -315,32 +382,29 @@ fn update(plan: &Table, obs: &Observed, ops: &mut Vec<Op>) {
     }
     // 3. Chains whose rules differ are flushed and rewritten.
     for (name, chain) in &plan.chains {
-        let want = ObservedChain::of_plan(chain).rule_comments;
-        match obs.chains.get(name) {
-            None => add_rules(name, chain, ops),
-            Some(have) if have.rule_comments != want => {
-                ops.push(Op::FlushChain(name.clone()));
-                add_rules(name, chain, ops);
-            }
-            Some(_) => {}
+        if have.chain_base(name).is_none() {
+            add_rules(name, chain, ops);
+        } else if have.rules_differ(name, chain) {
+            ops.push(Op::FlushChain(name.clone()));
+            add_rules(name, chain, ops);
         }
     }
     // 4. Chains and sets no longer planned: flush every such chain before
     // deleting any (one may jump to another), then delete sets they used.
-    let stale_chains: Vec<&String> = obs
-        .chains
-        .keys()
+    let stale_chains: Vec<&String> = have
+        .chain_names()
+        .into_iter()
         .filter(|name| !plan.chains.contains_key(*name))
         .collect();
     for name in &stale_chains {
-        if !obs.chains[*name].rule_comments.is_empty() {
+        if have.chain_has_rules(name) {
             ops.push(Op::FlushChain((*name).clone()));
         }
     }
     for name in &stale_chains {
         ops.push(Op::DeleteChain((*name).clone()));
     }
-    for (name, set) in &obs.sets {
+    for (name, set) in have.sets() {
         if !plan.sets.contains_key(name) {
             ops.push(Op::DeleteSet {
                 name: name.clone(),
@@ -472,6 +536,27 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn diff_from_plan_agrees_with_diff_of_listing() {
+        let old = table();
+        let mut new = table();
+        new.chains.get_mut("svc-a").unwrap().rules[0] =
+            Rule::new(vec![dnat_to_port("10.0.0.2".parse().unwrap(), 80)]);
+        new.chains.insert("extra".into(), Chain::regular(vec![]));
+        new.sets.get_mut("svc").unwrap().elements.clear();
+        let mut old2 = old.clone();
+        old2.chains.insert(
+            "gone".into(),
+            Chain::regular(vec![Rule::new(vec![accept()])]),
+        );
+        for (from, to) in [(&old, &new), (&new, &old), (&old2, &new), (&old, &old)] {
+            assert_eq!(
+                diff_from_plan(to, from),
+                diff(to, Some(&Observed::of_plan(from)))
+            );
+        }
     }
 
     #[test]
