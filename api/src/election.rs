@@ -9,6 +9,7 @@
 
 mod etcd;
 mod fake;
+mod kubernetes;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 
 pub use etcd::EtcdElector;
 pub use fake::{FakeElection, FakeElector};
+pub use kubernetes::{KubeLeaseElector, LeaseConfig};
 
 use crate::error::Result;
 
