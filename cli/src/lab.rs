@@ -103,7 +103,234 @@ fn populate(state: &mut LabState) -> Result<()> {
         &plan.wan.broker_netns,
         SocketAddr::from((plan.wan.broker_ip, ETCD_PORT)),
     )?;
+    join_clusters(state)?;
+    for cluster in &plan.clusters {
+        start_gateways(state, cluster)?;
+        start_route_agents(state, cluster)?;
+    }
+    for cluster in &plan.clusters {
+        wait_for_active_gateway(cluster)?;
+    }
     Ok(())
+}
+
+/// The lab's broker: `causeway broker init`, then `causeway join` for each
+/// cluster, run inside the broker's namespace as an operator would run them.
+/// Without `--distinct-cidrs` every cluster gets a global CIDR (Globalnet).
+fn join_clusters(state: &mut LabState) -> Result<()> {
+    let plan = state.plan.clone();
+    let broker = format!("http://{}:{ETCD_PORT}", plan.wan.broker_ip);
+    let root_password = state.dir().join("broker-root-password");
+    let mut secret = [0u8; 16];
+    File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret))?;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    fs::write(&root_password, hex).context("write the broker's root password")?;
+    fs::set_permissions(
+        &root_password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let root = root_password.display().to_string();
+    run_in(
+        &plan.wan.broker_netns,
+        &[
+            "broker",
+            "init",
+            "--endpoints",
+            &broker,
+            "--root-password-file",
+            &root,
+        ],
+    )?;
+    for cluster in &plan.clusters {
+        let out = state.secrets_dir(&cluster.name).display().to_string();
+        let global = if plan.spec.distinct_cidrs {
+            "none"
+        } else {
+            "auto"
+        };
+        let pods = cluster.pod_cidr.to_string();
+        let services = cluster.service_cidr.to_string();
+        run_in(
+            &plan.wan.broker_netns,
+            &[
+                "join",
+                "--cluster",
+                &cluster.name,
+                "--broker",
+                &broker,
+                "--root-password-file",
+                &root,
+                "--pod-cidr",
+                &pods,
+                "--service-cidr",
+                &services,
+                "--global-cidr",
+                global,
+                "--out",
+                &out,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The global CIDR `causeway join` gave `cluster`, if any.
+fn global_cidr(state: &LabState, cluster: &str) -> Result<Option<String>> {
+    let file = state.secrets_dir(cluster).join("cluster.json");
+    let joined: serde_json::Value = serde_json::from_slice(
+        &fs::read(&file).with_context(|| format!("read {}", file.display()))?,
+    )?;
+    Ok(joined["globalCidr"].as_str().map(str::to_owned))
+}
+
+/// `causeway gateway` on each gateway candidate of `cluster`, with the
+/// embedded userspace WireGuard (this kernel may lack the module).
+fn start_gateways(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
+    let secrets = state.secrets_dir(&cluster.name);
+    let global = global_cidr(state, &cluster.name)?;
+    for node in cluster.nodes.iter().filter(|n| n.is_gateway_candidate()) {
+        // The tunnel address: the cluster's gateway global IP under Globalnet,
+        // else the last address of the node's own pod slice.
+        let tunnel_ip = match &global {
+            Some(g) => nth_last(g.parse::<ipnet::Ipv4Net>()?, 1),
+            None => nth_last(node.pod_slice, 1),
+        };
+        let lease = state
+            .dir()
+            .join(format!("{}-{}.lease", cluster.name, node.name));
+        let mut args = vec![
+            "gateway".to_owned(),
+            format!("--cluster={}", cluster.name),
+            format!("--node={}", node.name),
+            format!("--store=http://{}:{ETCD_PORT}", cluster.control_plane.ip),
+            format!("--broker-config={}", secrets.join("broker.json").display()),
+            format!("--key-file={}", secrets.join("wireguard.key").display()),
+            format!("--private-ip={}", node.ip),
+            format!("--pod-cidr={}", cluster.pod_cidr),
+            format!("--service-cidr={}", cluster.service_cidr),
+            format!("--node-cidr={}", cluster.node_cidr),
+            format!("--tunnel-ip={tunnel_ip}"),
+            "--cable=userspace".to_owned(),
+            "--lease-ttl=1".to_owned(),
+            format!("--lease-file={}", lease.display()),
+        ];
+        if let Some(wan) = node.wan_ip {
+            args.push(format!("--public-ip={wan}"));
+        }
+        if let Some(g) = &global {
+            args.push(format!("--global-cidr={g}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let target = format!("{}/{}", cluster.name, node.name);
+        spawn(
+            state,
+            &target,
+            &node.netns,
+            "gateway",
+            &causeway_exe()?,
+            &args,
+        )?;
+    }
+    Ok(())
+}
+
+/// `causeway route-agent` on every node of `cluster`.
+fn start_route_agents(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
+    let global = global_cidr(state, &cluster.name)?;
+    for node in &cluster.nodes {
+        let mut args = vec![
+            "route-agent".to_owned(),
+            format!("--cluster={}", cluster.name),
+            format!("--node={}", node.name),
+            format!("--store=http://{}:{ETCD_PORT}", cluster.control_plane.ip),
+            format!("--pod-cidr={}", cluster.pod_cidr),
+            format!("--service-cidr={}", cluster.service_cidr),
+            format!("--node-cidr={}", cluster.node_cidr),
+            "--rp-filter-interface=eth0".to_owned(),
+        ];
+        if let Some(g) = &global {
+            args.push(format!("--global-cidr={g}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let target = format!("{}/{}", cluster.name, node.name);
+        spawn(
+            state,
+            &target,
+            &node.netns,
+            "route-agent",
+            &causeway_exe()?,
+            &args,
+        )?;
+    }
+    Ok(())
+}
+
+/// The address `n` before the broadcast address of `net`.
+fn nth_last(net: ipnet::Ipv4Net, n: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.broadcast()) - n)
+}
+
+/// Waits until `cluster`'s store names an active gateway.
+fn wait_for_active_gateway(cluster: &ClusterPlan) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if active_gateway(cluster)?.is_some() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no gateway of cluster {} became active in 20 s: see the gateways' logs",
+                cluster.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The node of `cluster`'s active gateway, as the Endpoint record in the
+/// cluster's own store names it (read from inside the cluster's first node).
+pub fn active_gateway(cluster: &ClusterPlan) -> Result<Option<String>> {
+    use causeway_api::records::{AnyRecord, Kind};
+    use causeway_api::store::{EtcdConfig, EtcdStore, Store};
+    let store = format!("http://{}:{ETCD_PORT}", cluster.control_plane.ip);
+    let id = cluster.name.clone();
+    netns::within(&cluster.nodes[0].netns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let mut config = EtcdConfig::new([store]);
+            config.connect_timeout = Duration::from_secs(1);
+            config.request_timeout = Duration::from_secs(1);
+            let Ok(store) = EtcdStore::connect(&config).await else {
+                return Ok(None);
+            };
+            let listing = store.list(Some(Kind::Endpoint)).await?;
+            Ok(listing.records.into_iter().find_map(|r| match r {
+                AnyRecord::Endpoint(e) if e.cluster.as_str() == id => Some(e.node_name),
+                _ => None,
+            }))
+        })
+    })
+}
+
+/// Runs `causeway ARGS` inside `netns` to completion.
+fn run_in(netns: &str, args: &[&str]) -> Result<String> {
+    let exe = causeway_exe()?;
+    let out = Command::new(&exe)
+        .args(["enter", "--netns", netns, "--"])
+        .arg(&exe)
+        .args(args)
+        .output()
+        .with_context(|| format!("run causeway {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "causeway {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Starts an etcd serving `ip:2379` in `netns`, with the flags that let

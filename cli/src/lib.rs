@@ -2,5 +2,7 @@
 //! namespaces) and the namespace plumbing every daemon started inside one
 //! relies on. `main.rs` is a thin clap shell over it.
 
+pub mod broker;
+pub mod daemon;
 pub mod lab;
 pub mod netns;

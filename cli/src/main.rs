@@ -8,9 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use causeway_api::join::GlobalCidrRequest;
+use causeway_api::records::ClusterId;
 use causeway_cli::lab::{self, plan::LabName, plan::LabSpec};
-use causeway_cli::netns;
+use causeway_cli::{broker, daemon, netns};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::{IpNet, Ipv4Net};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +31,36 @@ enum Cmd {
     /// Simulated clusters in network namespaces on this machine.
     #[command(subcommand)]
     Lab(LabCmd),
+    /// Run as a gateway candidate of a cluster (one per gateway node).
+    Gateway(Box<daemon::GatewayArgs>),
+    /// Run the route agent of a node (every node).
+    RouteAgent(daemon::RouteAgentArgs),
+    /// Set up the broker.
+    #[command(subcommand)]
+    Broker(BrokerCmd),
+    /// Join a cluster to the clusterset: allocate its global CIDR, create its
+    /// broker credentials and its WireGuard key.
+    Join {
+        /// The cluster's id (a DNS label).
+        #[arg(long)]
+        cluster: ClusterId,
+        /// The broker's etcd endpoints, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        broker: Vec<String>,
+        /// A file holding the broker's root password.
+        #[arg(long)]
+        root_password_file: PathBuf,
+        #[arg(long = "pod-cidr", required = true)]
+        pod_cidrs: Vec<IpNet>,
+        #[arg(long = "service-cidr", required = true)]
+        service_cidrs: Vec<IpNet>,
+        /// `auto` (the first free block), a CIDR, or `none` (no Globalnet).
+        #[arg(long, default_value = "auto")]
+        global_cidr: String,
+        /// Where to write broker.json and wireguard.key (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run a command inside a named network namespace (what `lab exec` and
     /// the lab's daemons go through).
     #[command(hide = true)]
@@ -39,6 +72,25 @@ enum Cmd {
         resolv_conf: Option<PathBuf>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<OsString>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BrokerCmd {
+    /// Create the root user and the registry, and turn etcd's auth on.
+    Init {
+        /// The broker's etcd endpoints, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        /// A file holding the root password to set.
+        #[arg(long)]
+        root_password_file: PathBuf,
+        /// The clusterset range global CIDRs are allocated from.
+        #[arg(long, default_value = "242.0.0.0/8")]
+        global_range: Ipv4Net,
+        /// The prefix length of each cluster's global CIDR.
+        #[arg(long, default_value_t = 16)]
+        global_prefix: u8,
     },
 }
 
@@ -144,7 +196,62 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Lab(cmd) => run_lab(cmd),
+        Cmd::Gateway(args) => runtime()?.block_on(daemon::gateway(*args)),
+        Cmd::RouteAgent(args) => runtime()?.block_on(daemon::route_agent(args)),
+        Cmd::Broker(BrokerCmd::Init {
+            endpoints,
+            root_password_file,
+            global_range,
+            global_prefix,
+        }) => runtime()?.block_on(broker::init(
+            endpoints,
+            &root_password_file,
+            global_range,
+            global_prefix,
+        )),
+        Cmd::Join {
+            cluster,
+            broker: endpoints,
+            root_password_file,
+            pod_cidrs,
+            service_cidrs,
+            global_cidr,
+            out,
+        } => {
+            let global_cidr = match global_cidr.as_str() {
+                "auto" => GlobalCidrRequest::Auto,
+                "none" => GlobalCidrRequest::Disabled,
+                cidr => GlobalCidrRequest::Fixed(cidr.parse().map_err(|e| {
+                    anyhow::anyhow!(
+                        "--global-cidr {cidr}: {e}; give `auto`, `none` or a CIDR like 242.3.0.0/16"
+                    )
+                })?),
+            };
+            let joined = runtime()?.block_on(broker::join(broker::JoinArgs {
+                cluster,
+                endpoints,
+                root_password: root_password_file,
+                pod_cidrs,
+                service_cidrs,
+                global_cidr,
+                out: out.clone(),
+            }))?;
+            let global = joined
+                .global_cidr
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "none".into());
+            println!(
+                "joined cluster {} (global CIDR {global}); its files are in {}",
+                joined.id,
+                out.display()
+            );
+            Ok(())
+        }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Runtime::new()?)
 }
 
 fn run_lab(cmd: LabCmd) -> Result<()> {

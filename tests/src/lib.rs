@@ -142,6 +142,26 @@ impl Lab {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url} answered {body:?}: {e}"))
     }
 
+    /// The echo reply to a GET from `target`, retried for up to 15 s (a
+    /// bounded loop): for a path that is still coming up.
+    pub fn echo_eventually(&self, target: &str, url: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let out = self.exec(target, &["curl", "-sS", "--max-time", "2", url]);
+            if out.status.success()
+                && let Ok(reply) = serde_json::from_slice::<Value>(&out.stdout)
+            {
+                return reply;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "GET {url} from {target} still fails after 15 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// `causeway lab status -o json`
     pub fn status(&self) -> Value {
         let out = ok(

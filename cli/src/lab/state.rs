@@ -91,6 +91,11 @@ impl LabState {
         self.dir().join("logs")
     }
 
+    /// Where `causeway join` left cluster `cluster`'s broker credentials and key.
+    pub fn secrets_dir(&self, cluster: &str) -> PathBuf {
+        self.dir().join("clusters").join(cluster).join("secrets")
+    }
+
     /// The manifest directory of cluster `cluster`: its "Kubernetes API".
     pub fn manifests_dir(&self, cluster: &str) -> PathBuf {
         self.dir().join("clusters").join(cluster).join("manifests")

@@ -1,6 +1,6 @@
 //! The active gateway's kernel state besides the WireGuard device: the
 //! tunnel address, the tunnel routes (protocol [`GATEWAY_PROTOCOL`]) and
-//! Causeway's nftables table on the gateway (identity SNAT and MSS
+//! Causeway's nftables table on the gateway (MSS
 //! clamping for traffic to and from remote subnets).
 
 use std::collections::BTreeSet;
@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use causeway_globalnet::nft::{Applier, DataType, Family, NftCli, Set, Table};
-use causeway_globalnet::ruleset::{identity_chain, mss_chain};
+use causeway_globalnet::ruleset::mss_chain;
 use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::AddressAttribute;
@@ -22,9 +22,10 @@ use crate::routes::{GATEWAY_PROTOCOL, RouteApplier, gateway_plan};
 pub const GATEWAY_TABLE: &str = "causeway-gateway";
 const REMOTE_SET: &str = "remote";
 
-/// The gateway table without Globalnet: bind traffic to and from remote
-/// subnets with an identity SNAT before any CNI masquerade sees it, and
-/// clamp TCP MSS to the tunnel's MTU.
+/// The gateway table without Globalnet: clamp TCP MSS to the tunnel's MTU
+/// for traffic to and from remote subnets. The identity SNAT that keeps the
+/// CNI's masquerade off that traffic is the route agent's, on every node
+/// including this one (two NAT chains never share a priority).
 pub fn tunnel_table(remote: &BTreeSet<IpNet>, mtu: u16) -> Table {
     let mut table = Table::new(Family::Ip, GATEWAY_TABLE);
     let mut set = Set::new(vec![DataType::Ipv4Addr]).interval();
@@ -39,9 +40,6 @@ pub fn tunnel_table(remote: &BTreeSet<IpNet>, mtu: u16) -> Table {
         set.insert(net);
     }
     table.sets.insert(REMOTE_SET.into(), set);
-    table
-        .chains
-        .insert("identity".into(), identity_chain(REMOTE_SET));
     table
         .chains
         .insert("mss".into(), mss_chain(REMOTE_SET, mtu));

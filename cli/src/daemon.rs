@@ -1,0 +1,352 @@
+//! The daemons: `causeway gateway` (and later the route agent and the DNS
+//! server). Each parses its flags into typed config, connects to the
+//! cluster's own store and the broker, and hands over to the library.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use causeway_api::election::{ElectionConfig, Elector, EtcdElector};
+use causeway_api::records::{CableBackend, ClusterId, GlobalCidr};
+use causeway_api::store::{EtcdConfig, EtcdStore, Store};
+use causeway_gateway::cable::embedded::EmbeddedCable;
+use causeway_gateway::cable::mtu::{Family, tunnel_mtu};
+use causeway_gateway::cable::wgctrl::WgctrlCable;
+use causeway_gateway::cable::{Cable, InterfaceName, KeyPair};
+use causeway_gateway::engine::kernel::KernelDatapath;
+use causeway_gateway::engine::{Gateway, GatewayConfig, GatewayState};
+use clap::{Args, ValueEnum};
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::BrokerFile;
+
+/// Which WireGuard implementation the gateway runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CableFlag {
+    /// Kernel WireGuard where the module exists, else the embedded one.
+    Auto,
+    Kernel,
+    /// boringtun, embedded in the gateway process, on a TUN device.
+    Userspace,
+    /// An external wireguard-go, driven over its UAPI socket.
+    WireguardGo,
+}
+
+/// Flags of `causeway gateway`.
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// This cluster's id.
+    #[arg(long, env = "CAUSEWAY_CLUSTER")]
+    pub cluster: ClusterId,
+    /// This node's name: the candidate's identity in the election.
+    #[arg(long, env = "CAUSEWAY_NODE")]
+    pub node: String,
+    /// The cluster's own store (etcd endpoints, comma-separated).
+    #[arg(long, env = "CAUSEWAY_STORE", value_delimiter = ',', required = true)]
+    pub store: Vec<String>,
+    /// The broker connection written by `causeway join`.
+    #[arg(long, env = "CAUSEWAY_BROKER_CONFIG")]
+    pub broker_config: PathBuf,
+    /// The cluster's WireGuard private key (mode 0600), written by `causeway join`.
+    #[arg(long, env = "CAUSEWAY_KEY_FILE")]
+    pub key_file: PathBuf,
+    /// This node's address on the node network.
+    #[arg(long)]
+    pub private_ip: IpAddr,
+    /// The address remote gateways reach this node at, when not the private one.
+    #[arg(long)]
+    pub public_ip: Option<IpAddr>,
+    #[arg(long = "pod-cidr", required = true)]
+    pub pod_cidrs: Vec<IpNet>,
+    #[arg(long = "service-cidr", required = true)]
+    pub service_cidrs: Vec<IpNet>,
+    #[arg(long = "node-cidr")]
+    pub node_cidrs: Vec<IpNet>,
+    /// The cluster's global CIDR: turns Globalnet on.
+    #[arg(long)]
+    pub global_cidr: Option<GlobalCidr>,
+    /// This gateway's address inside the tunnel: its global IP with
+    /// Globalnet, else an unused address of its node's pod slice.
+    #[arg(long)]
+    pub tunnel_ip: IpAddr,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cable: CableFlag,
+    /// The WireGuard interface.
+    #[arg(long, default_value = "causeway0")]
+    pub interface: String,
+    #[arg(long, default_value_t = 4500)]
+    pub listen_port: u16,
+    /// Tunnel MTU; default: the underlay interface's MTU less WireGuard's overhead.
+    #[arg(long)]
+    pub tunnel_mtu: Option<u32>,
+    /// Gateway lease TTL in seconds.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub lease_ttl: u64,
+    /// Where the lease id is kept, so a restart re-attaches to its lease.
+    #[arg(long, default_value = "/run/causeway/gateway.lease")]
+    pub lease_file: PathBuf,
+    /// The wireguard-go binary, for `--cable wireguard-go`.
+    #[arg(long, default_value = "wireguard-go")]
+    pub wireguard_go: PathBuf,
+}
+
+/// `causeway gateway`: campaigns and serves until SIGTERM or SIGINT.
+pub async fn gateway(args: GatewayArgs) -> Result<()> {
+    let key = KeyPair::load(&args.key_file)?;
+    let broker_file = BrokerFile::load(&args.broker_config)?;
+    let interface = InterfaceName::new(&args.interface).context("--interface")?;
+    let underlay = args.public_ip.unwrap_or(args.private_ip);
+    let family = if underlay.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    let mtu = tunnel_mtu(underlay_mtu(underlay).await?, family, args.tunnel_mtu)?;
+    let (cable, backend): (Arc<dyn Cable>, CableBackend) = match args.cable {
+        CableFlag::Kernel => (
+            Arc::new(WgctrlCable::kernel(interface.clone(), None)),
+            CableBackend::Kernel,
+        ),
+        CableFlag::WireguardGo => (
+            Arc::new(WgctrlCable::wireguard_go(
+                interface.clone(),
+                None,
+                args.wireguard_go.clone(),
+            )),
+            CableBackend::WireguardGo,
+        ),
+        CableFlag::Userspace => (
+            Arc::new(EmbeddedCable::new(interface.clone(), None)),
+            CableBackend::Userspace,
+        ),
+        CableFlag::Auto if kernel_has_wireguard() => (
+            Arc::new(WgctrlCable::kernel(interface.clone(), None)),
+            CableBackend::Kernel,
+        ),
+        CableFlag::Auto => (
+            Arc::new(EmbeddedCable::new(interface.clone(), None)),
+            CableBackend::Userspace,
+        ),
+    };
+    let config = GatewayConfig {
+        cluster: args.cluster.clone(),
+        node: args.node.clone(),
+        private_ip: args.private_ip,
+        public_ip: args.public_ip,
+        listen_port: args.listen_port,
+        key,
+        backend,
+        mtu,
+        tunnel_ip: args.tunnel_ip,
+        pod_cidrs: args.pod_cidrs,
+        service_cidrs: args.service_cidrs,
+        node_cidrs: args.node_cidrs,
+        global_cidr: args.global_cidr,
+        keepalive: 10,
+        resync: Duration::from_secs(10),
+    };
+    tracing::info!(cluster = %config.cluster, node = %config.node, backend = ?backend, mtu, "gateway starting");
+
+    let local = connect_store(&EtcdConfig::new(args.store.clone())).await?;
+    let election = ElectionConfig {
+        ttl: Duration::from_secs(args.lease_ttl),
+        lease_file: Some(args.lease_file.clone()),
+        ..ElectionConfig::new("gateway", args.node.clone())
+    };
+    let elector: Arc<dyn Elector> =
+        Arc::new(EtcdElector::campaign(local.client().clone(), local.layout(), election).await?);
+    let (broker_tx, broker_rx) = watch::channel(None);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(connect_broker(
+        broker_file.etcd_config(),
+        broker_tx,
+        shutdown.clone(),
+    ));
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let datapath = KernelDatapath::new(
+        interface,
+        args.tunnel_ip,
+        args.global_cidr.map(|g| IpNet::V4(g.net())),
+        mtu.min(u32::from(u16::MAX)) as u16,
+    );
+    let gateway = Arc::new(Gateway {
+        config,
+        local: Arc::new(local),
+        broker: broker_rx,
+        cable,
+        datapath: Arc::new(datapath),
+        state: watch::channel(GatewayState::default()).0,
+    });
+    gateway.run(elector, shutdown).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Connects to the cluster's own store, retrying: without it a gateway can
+/// neither campaign nor serve.
+async fn connect_store(config: &EtcdConfig) -> Result<EtcdStore> {
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1.. {
+        match EtcdStore::connect(config).await {
+            Ok(store) => return Ok(store),
+            Err(e) if attempt < 30 => {
+                tracing::warn!(error = %e, "the cluster's store is not reachable yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("connect to the cluster's own store (--store)"),
+        }
+    }
+    unreachable!()
+}
+
+/// Connects to the broker in the background: the gateway serves without it.
+async fn connect_broker(
+    config: EtcdConfig,
+    tx: watch::Sender<Option<Arc<dyn Store>>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match EtcdStore::connect(&config).await {
+            Ok(store) => {
+                tracing::info!("connected to the broker");
+                tx.send_replace(Some(Arc::new(store)));
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "the broker is not reachable; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT: the one root shutdown signal.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    token.cancel();
+}
+
+/// Whether this kernel has WireGuard (`/sys/module/wireguard`).
+fn kernel_has_wireguard() -> bool {
+    std::path::Path::new("/sys/module/wireguard").exists()
+}
+
+/// The MTU of the interface that holds `ip` (`ip -o addr show to IP`).
+async fn underlay_mtu(ip: IpAddr) -> Result<u32> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("open a netlink socket")?;
+    let conn = tokio::spawn(connection);
+    let result = async {
+        let mut addresses = handle.address().get().set_address_filter(ip).execute();
+        let mut index = None;
+        while let Some(msg) = addresses.try_next().await? {
+            if msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(a) if *a == ip))
+            {
+                index = Some(msg.header.index);
+            }
+        }
+        let Some(index) = index else {
+            bail!("no interface of this node holds {ip}: check --public-ip and --private-ip");
+        };
+        let link = handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_next()
+            .await?
+            .context("the underlay interface vanished")?;
+        link.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+            .context("the underlay interface reports no MTU")
+    }
+    .await;
+    conn.abort();
+    result
+}
+
+/// Flags of `causeway route-agent`.
+#[derive(Args, Debug)]
+pub struct RouteAgentArgs {
+    /// This node's cluster.
+    #[arg(long, env = "CAUSEWAY_CLUSTER")]
+    pub cluster: ClusterId,
+    /// This node's name, as the gateway names it in the Endpoint record.
+    #[arg(long, env = "CAUSEWAY_NODE")]
+    pub node: String,
+    /// The cluster's own store (etcd endpoints, comma-separated).
+    #[arg(long, env = "CAUSEWAY_STORE", value_delimiter = ',', required = true)]
+    pub store: Vec<String>,
+    #[arg(long = "pod-cidr", required = true)]
+    pub pod_cidrs: Vec<IpNet>,
+    #[arg(long = "service-cidr", required = true)]
+    pub service_cidrs: Vec<IpNet>,
+    #[arg(long = "node-cidr")]
+    pub node_cidrs: Vec<IpNet>,
+    #[arg(long)]
+    pub global_cidr: Option<GlobalCidr>,
+    /// Interfaces whose reverse-path filter is set to loose (besides `all`).
+    #[arg(long = "rp-filter-interface")]
+    pub rp_filter_interfaces: Vec<String>,
+}
+
+/// `causeway route-agent`: routes remote subnets via the active gateway
+/// until SIGTERM or SIGINT.
+pub async fn route_agent(args: RouteAgentArgs) -> Result<()> {
+    use causeway_gateway::route_agent::{AgentConfig, Datapath, run};
+    use causeway_gateway::routes::netlink::NetlinkRoutes;
+    use causeway_globalnet::nft::NftCli;
+
+    let mut local_subnets: Vec<IpNet> = args
+        .pod_cidrs
+        .iter()
+        .chain(&args.service_cidrs)
+        .chain(&args.node_cidrs)
+        .copied()
+        .collect();
+    local_subnets.extend(args.global_cidr.map(|g| IpNet::V4(g.net())));
+    let config = AgentConfig {
+        cluster: args.cluster,
+        node_name: args.node,
+        local_subnets,
+        rp_filter: Some(args.rp_filter_interfaces),
+        resync: Duration::from_secs(10),
+    };
+    let store = connect_store(&EtcdConfig::new(args.store)).await?;
+    let datapath = Datapath::new(NetlinkRoutes::new(), NftCli::new());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tracing::info!(cluster = %config.cluster, node = %config.node_name, "route agent starting");
+    run(config, Arc::new(store), Arc::new(datapath), shutdown).await;
+    tracing::info!("route agent stopped");
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Clusters with distinct CIDRs joined by the gateways' WireGuard tunnels
+//! (embedded userspace backend) and the route agents: pod to pod across
+//! clusters, without NAT, from gateway and worker nodes.
+
+use causeway_tests::{Lab, ok};
+
+fn pod_ip(lab: &Lab, cluster: usize, pod: &str) -> String {
+    let status = lab.status();
+    status["clusters"][cluster]["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pod)
+        .map(|p| p["ip"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("no pod {pod}"))
+}
+
+#[test]
+fn pods_reach_pods_of_another_cluster_by_pod_ip_without_nat() {
+    let lab = Lab::up("tun", &["--distinct-cidrs"]);
+    for (from, to, to_cluster) in [(0, 1, "b"), (1, 0, "a")] {
+        let from_cluster = if from == 0 { "a" } else { "b" };
+        for client in ["client-0", "web-0"] {
+            let client_ip = pod_ip(&lab, from, client);
+            for web in ["web-0", "web-1"] {
+                let url = format!("http://{}:8080/", pod_ip(&lab, to, web));
+                let reply = lab.echo_eventually(&format!("{from_cluster}/{client}"), &url);
+                assert_eq!(reply["cluster"], to_cluster, "{reply}");
+                assert_eq!(reply["pod"], web, "{reply}");
+                let seen = reply["client"].as_str().unwrap();
+                assert!(
+                    seen.starts_with(&format!("{client_ip}:")),
+                    "{from_cluster}/{client} reached {to_cluster}/{web} as {seen}, not as itself"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_large_response_crosses_the_tunnel_intact() {
+    let lab = Lab::up("mtu", &["--distinct-cidrs"]);
+    let web1 = pod_ip(&lab, 1, "web-1");
+    lab.echo_eventually("a/client-0", &format!("http://{web1}:8080/"));
+    let url = format!("http://{web1}:8080/bytes/4194304");
+    let cmd = format!("curl -sS --max-time 20 {url} | md5sum");
+    let remote = ok(
+        lab.exec("a/client-0", &["sh", "-c", &cmd]),
+        "4 MiB across the tunnel",
+    );
+    let local_url = format!("http://{}:8080/bytes/4194304", pod_ip(&lab, 1, "web-0"));
+    let local_cmd = format!("curl -sS --max-time 20 {local_url} | md5sum");
+    let local = ok(
+        lab.exec("b/client-0", &["sh", "-c", &local_cmd]),
+        "4 MiB inside b",
+    );
+    assert_eq!(remote, local, "the bytes that crossed the tunnel differ");
+}
