@@ -4,7 +4,10 @@
 //!
 //! Netlink work runs on a thread that enters the namespace and starts its own
 //! current-thread runtime (what `NetlinkRoutes::in_netns` does); `nft` runs
-//! through `ip netns exec`. Every address lives inside the namespace.
+//! through `ip netns exec`. Every address lives inside the namespaces. The
+//! last test sends TCP through a router namespace with Flannel-style
+//! masquerade to check that the route agent's identity SNAT keeps the
+//! pod's address in both directions (settled decision 2).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -29,6 +32,14 @@ use ipnet::IpNet;
 struct Netns(String);
 
 impl Netns {
+    /// A namespace with only `lo` up.
+    fn bare() -> Self {
+        let ns = Netns(unique_name("rt"));
+        run(&["ip", "netns", "add", &ns.0]);
+        ns.ip("link set lo up");
+        ns
+    }
+
     fn new() -> Self {
         let ns = Netns(unique_name("rt"));
         run(&["ip", "netns", "add", &ns.0]);
@@ -344,4 +355,159 @@ fn route_agent_datapath_in_a_namespace() {
     assert_eq!(took.routes.delete.len(), 2);
     assert!(!took.nft_changed);
     assert!(ns.routes("203").is_empty());
+}
+
+/// A TCP server in namespace `ns` on `addr` that accepts one connection
+/// within 5 s and returns the peer's address (what the server saw).
+fn serve_once(ns: &Netns, addr: &str) -> std::thread::JoinHandle<Option<std::net::SocketAddr>> {
+    let path = ns.path();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        run_in(Some(&path), || {
+            let listener = std::net::TcpListener::bind(addr).expect("bind");
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((_, peer)) => return Ok(Some(peer)),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+            Ok(None)
+        })
+        .unwrap()
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("server ready");
+    handle
+}
+
+/// Connects from namespace `ns` to `to` (bounded by 3 s).
+fn connect_from(ns: &Netns, to: &str) {
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    run_in(Some(&ns.path()), || {
+        std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(3))
+            .map(drop)
+            .map_err(|e| causeway_gateway::Error::Command {
+                command: format!("connect {to}"),
+                detail: e.to_string(),
+            })
+    })
+    .unwrap();
+}
+
+/// The address the server in `server` saw when `client` connected to `to`.
+fn seen_by(server: &Netns, client: &Netns, to: &str) -> String {
+    let handle = serve_once(server, to);
+    connect_from(client, to);
+    handle
+        .join()
+        .unwrap()
+        .expect("a connection")
+        .ip()
+        .to_string()
+}
+
+/// pod (10.244.1.5) -- node (router, Flannel-style masquerade) -- remote
+/// (192.168.10.1, serving 10.245.0.10). Without the route agent's table the
+/// remote sees the node's address; with it, the pod's, both ways.
+#[test]
+fn identity_snat_keeps_cni_masquerade_off_inter_cluster_traffic() {
+    require_root();
+    let [pod, node, remote] = [Netns::bare(), Netns::bare(), Netns::bare()];
+    run(&[
+        "ip", "link", "add", "vpod", "netns", &pod.0, "type", "veth", "peer", "name", "vnode",
+        "netns", &node.0,
+    ]);
+    run(&[
+        "ip", "link", "add", "vwan", "netns", &node.0, "type", "veth", "peer", "name", "vgw",
+        "netns", &remote.0,
+    ]);
+    for cmd in [
+        "addr add 10.244.1.5/24 dev vpod",
+        "link set vpod up",
+        "route add default via 10.244.1.1",
+    ] {
+        pod.ip(cmd);
+    }
+    for cmd in [
+        "addr add 10.244.1.1/24 dev vnode",
+        "link set vnode up",
+        "addr add 192.168.10.5/24 dev vwan",
+        "link set vwan up",
+    ] {
+        node.ip(cmd);
+    }
+    for cmd in [
+        "addr add 192.168.10.1/24 dev vgw",
+        "link set vgw up",
+        "addr add 10.245.0.10/32 dev lo",
+        // Remote traffic comes from the remote subnet, as from a remote pod.
+        "route add 10.244.0.0/16 via 192.168.10.5 src 10.245.0.10",
+    ] {
+        remote.ip(cmd);
+    }
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &node.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    // Flannel's --ip-masq POSTROUTING rules, at srcnat.
+    for rule in [
+        "add table ip cni",
+        "add chain ip cni post { type nat hook postrouting priority srcnat; }",
+        "add rule ip cni post ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return",
+        "add rule ip cni post ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade",
+        "add rule ip cni post ip saddr != 10.244.0.0/16 ip daddr 192.168.10.0/24 return",
+        "add rule ip cni post ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade",
+    ] {
+        let mut args = vec!["ip", "netns", "exec", &node.0, "nft"];
+        args.extend(rule.split_whitespace());
+        run(&args);
+    }
+    // The remote cluster's subnet, routed by hand until the agent runs.
+    node.ip("route add 10.245.0.0/16 via 192.168.10.1");
+    assert_eq!(
+        seen_by(&remote, &pod, "10.245.0.10:8080"),
+        "192.168.10.5",
+        "masqueraded"
+    );
+    assert_eq!(
+        seen_by(&pod, &remote, "10.244.1.5:8081"),
+        "10.244.1.1",
+        "masqueraded"
+    );
+    node.ip("route del 10.245.0.0/16");
+
+    let dp = Datapath::new(
+        NetlinkRoutes::in_netns(node.path()),
+        NftCli::in_netns(&node.0),
+    );
+    let input = Input {
+        node_name: "node-2".into(),
+        active: Some(ActiveGateway {
+            node_name: "node-0".into(),
+            private_ip: "192.168.10.1".parse().unwrap(),
+        }),
+        local_subnets: vec![net("10.244.0.0/16"), net("192.168.10.0/24")],
+        remotes: BTreeMap::from([(ClusterId::new("b").unwrap(), vec![net("10.245.0.0/16")])]),
+    };
+    dp.reconcile(&input).unwrap();
+    assert_eq!(
+        seen_by(&remote, &pod, "10.245.0.10:8082"),
+        "10.244.1.5",
+        "to remote: kept"
+    );
+    assert_eq!(
+        seen_by(&pod, &remote, "10.244.1.5:8083"),
+        "10.245.0.10",
+        "from remote: kept"
+    );
 }
