@@ -511,3 +511,55 @@ fn identity_snat_keeps_cni_masquerade_off_inter_cluster_traffic() {
         "from remote: kept"
     );
 }
+
+/// The health responder binds a tunnel address that does not exist yet
+/// (IP_FREEBIND), and a prober bound to the local tunnel address reaches it
+/// once it does, so probes leave from the tunnel address (settled decision 8).
+#[test]
+fn health_probes_go_between_tunnel_addresses() {
+    use causeway_gateway::health::{HealthState, Prober, ProberConfig, Responder};
+    use std::time::Duration;
+
+    require_root();
+    let ns = Netns::bare();
+    let path = ns.path();
+    let name = ns.0.clone();
+    let states = run_in(Some(&path), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let far: std::net::SocketAddr = "10.77.0.1:51830".parse().unwrap();
+            let responder = Responder::bind(far).expect("bind before the address exists");
+            for a in ["10.77.0.1/32", "10.77.0.2/32"] {
+                run(&["ip", "-n", &name, "addr", "add", a, "dev", "lo"]);
+            }
+            let cancel = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(responder.run(cancel.clone()));
+            let config = ProberConfig {
+                interval: Duration::from_millis(50),
+                timeout: Duration::from_millis(250),
+                ..ProberConfig::new("10.77.0.2".parse().unwrap())
+            };
+            let prober: Prober<String> = Prober::bind(config).unwrap();
+            assert_eq!(prober.local_addr().unwrap().ip().to_string(), "10.77.0.2");
+            let (_peers, peers_rx) =
+                tokio::sync::watch::channel(BTreeMap::from([("b".to_string(), far)]));
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(prober.run(peers_rx, tx, cancel.clone()));
+            let mut states = Vec::new();
+            while states.len() < 2 {
+                let change = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                    .await
+                    .expect("a status change within 5 s")
+                    .expect("prober running");
+                states.push(change.status.state);
+            }
+            cancel.cancel();
+            Ok(states)
+        })
+    })
+    .unwrap();
+    assert_eq!(states, [HealthState::Connecting, HealthState::Connected]);
+}
