@@ -2,6 +2,18 @@
 //! decision 14; TCP notices a dead peer by itself, UDP would keep sending to
 //! it until the entry times out), and the counters the gateway exports as
 //! metrics.
+//!
+//! Sizing, for operators: every translated connection is one conntrack
+//! entry, so `net.netfilter.nf_conntrack_max` (per host; 262144 on the
+//! machines measured) bounds the connections the gateway carries, NAT or
+//! not. SNAT keeps a connection's source port when it can and otherwise
+//! picks one from 1024-65535 (`net.ipv4.ip_local_port_range` governs local
+//! sockets only, not SNAT), so one egress IP carries about 64k concurrent
+//! connections to one (destination IP, port, protocol). Sources are hashed
+//! onto the pool, so a pool of P egress IPs carries about P x 64k to one
+//! remote service, provided the sources are many; raise the pool size
+//! before [`EgressUsage::near_port_limit`] fires, and `nf_conntrack_max`
+//! before `count` nears `max`.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -553,3 +553,92 @@ fn datapath_egress_and_ingress() {
         0
     );
 }
+
+/// Serves `n` connections in `ns` across several listeners, answering each
+/// with the local address that took it; ends after `n` or 10 s.
+fn tcp_local_echo(ns: &str, addrs: Vec<&'static str>, n: usize) -> std::thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let h = in_netns(ns, move || {
+        let ls: Vec<TcpListener> = addrs
+            .iter()
+            .map(|a| {
+                let l = TcpListener::bind(a).expect("bind");
+                l.set_nonblocking(true).unwrap();
+                l
+            })
+            .collect();
+        ready_tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut served = 0;
+        while served < n && Instant::now() < deadline {
+            let mut idle = true;
+            for l in &ls {
+                if let Ok((mut s, _)) = l.accept() {
+                    idle = false;
+                    s.set_nonblocking(false).unwrap();
+                    let local = s.local_addr().unwrap().ip().to_string();
+                    let _ = s.write_all(local.as_bytes());
+                    served += 1;
+                }
+            }
+            if idle {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    h
+}
+
+#[test]
+fn ingress_spreads_across_endpoints_and_follows_them() {
+    require_root();
+    let lab = lab();
+    lab.client
+        .exec(&["ip", "addr", "add", "10.244.1.6/24", "dev", "eth0"]);
+    let table = unique_name("gw");
+    let mut i = input(&table);
+    i.services = vec![service(
+        "default",
+        "web",
+        "242.0.0.10",
+        Protocol::Tcp,
+        80,
+        &["10.244.1.5:8080", "10.244.1.6:8080"],
+    )];
+    let applier = Applier::new(NftCli::in_netns(lab.gw.name()));
+    applier.reconcile(&plan(&i)).unwrap();
+
+    // 24 connections over 2 endpoints: all on one has odds of 2^-23.
+    let pods = tcp_local_echo(
+        lab.client.name(),
+        vec!["10.244.1.5:8080", "10.244.1.6:8080"],
+        24,
+    );
+    let seen: Vec<String> = (0..24)
+        .map(|_| tcp_ask(lab.remote.name(), "242.0.0.10:80"))
+        .collect();
+    pods.join().unwrap();
+    let five = seen.iter().filter(|s| *s == "10.244.1.5").count();
+    let six = seen.iter().filter(|s| *s == "10.244.1.6").count();
+    assert_eq!(five + six, 24, "unexpected answers: {seen:?}");
+    assert!(five > 0 && six > 0, "no spread: {seen:?}");
+
+    // 10.244.1.5 leaves: new connections go to 10.244.1.6 only.
+    i.services[0].ports[0]
+        .endpoints
+        .remove(&ep("10.244.1.5:8080"));
+    applier.reconcile_incremental(&plan(&i)).unwrap();
+    let pods = tcp_local_echo(
+        lab.client.name(),
+        vec!["10.244.1.5:8080", "10.244.1.6:8080"],
+        8,
+    );
+    let seen: Vec<String> = (0..8)
+        .map(|_| tcp_ask(lab.remote.name(), "242.0.0.10:80"))
+        .collect();
+    pods.join().unwrap();
+    assert!(seen.iter().all(|s| s == "10.244.1.6"), "{seen:?}");
+}
