@@ -12,6 +12,7 @@ mod cache;
 mod etcd;
 mod fake;
 mod keys;
+mod kubernetes;
 
 use futures::stream::BoxStream;
 
@@ -20,6 +21,7 @@ pub(crate) use etcd::call as etcd_call;
 pub use etcd::{EtcdConfig, EtcdCredentials, EtcdStore, EtcdTls};
 pub use fake::FakeStore;
 pub use keys::{KeyLayout, prefix_end};
+pub use kubernetes::{FIELD_MANAGER, KubeStore, OWNER_LABEL, causeway_crds, crds, resource_name};
 
 use crate::error::Result;
 use crate::records::{AnyRecord, Kind, RecordKey};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::ids::{ClusterId, GlobalCidr, ObjectName, WireGuardKey, is_dns_label};
@@ -86,14 +87,16 @@ impl fmt::Display for RecordKey {
 }
 
 /// A cluster of the clusterset and the address space it brings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Cluster {
     /// The cluster's id.
     pub id: ClusterId,
     /// Pod CIDRs.
+    #[schemars(with = "Vec<String>")]
     pub pod_cidrs: Vec<IpNet>,
     /// Service CIDRs.
+    #[schemars(with = "Vec<String>")]
     pub service_cidrs: Vec<IpNet>,
     /// Global CIDR when Globalnet is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,7 +104,7 @@ pub struct Cluster {
 }
 
 /// How a gateway runs its WireGuard device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CableBackend {
     /// The kernel module.
@@ -113,7 +116,7 @@ pub enum CableBackend {
 }
 
 /// The active gateway of a cluster, as its peers need to reach it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoint {
     /// The cluster this gateway serves.
@@ -131,6 +134,7 @@ pub struct Endpoint {
     pub public_key: WireGuardKey,
     /// Subnets reached through this gateway: the global CIDR under
     /// Globalnet, else the pod and service CIDRs.
+    #[schemars(with = "Vec<String>")]
     pub subnets: Vec<IpNet>,
     /// How the tunnel is run.
     pub backend: CableBackend,
@@ -142,7 +146,7 @@ pub struct Endpoint {
 }
 
 /// How a ServiceImport is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum ServiceImportType {
     /// One virtual address per cluster.
     ClusterSetIP,
@@ -151,7 +155,9 @@ pub enum ServiceImportType {
 }
 
 /// L4 protocol of a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
     /// TCP.
@@ -163,7 +169,9 @@ pub enum Protocol {
 }
 
 /// One port of an exported service.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     /// Port name (needed for SRV records), if any.
@@ -176,7 +184,9 @@ pub struct ServicePort {
 }
 
 /// One ready endpoint of a headless service.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeadlessEndpoint {
     /// Hostname (a StatefulSet pod's name), if it has one.
@@ -189,7 +199,7 @@ pub struct HeadlessEndpoint {
 }
 
 /// One exported service of one cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceImport {
     /// The exporting cluster.
@@ -217,7 +227,7 @@ pub struct ServiceImport {
 }
 
 /// A gateway's view of its tunnel to one peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConnectionState {
     /// Handshake done and probes answered.
@@ -229,7 +239,7 @@ pub enum ConnectionState {
 }
 
 /// Round-trip statistics of health probes, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RttStats {
     /// Last probe.
@@ -243,7 +253,7 @@ pub struct RttStats {
 }
 
 /// What cluster `cluster`'s active gateway reports about peer `peer`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConnectionStatus {
     /// The reporting cluster.
