@@ -6,7 +6,8 @@
 //! Needs root, iperf3 and wireguard-go. Run through `gateway/bench/tunnel.sh`
 //! (a release build: a debug boringtun is many times slower).
 //!
-//! Usage: tunnel_bench [--seconds N] [--rounds N] [--parallel N]
+//! Usage: tunnel_bench [--seconds N] [--rounds N] [--parallel N] [--txqueuelen N]
+//!        [--wireguard-go PATH]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -105,7 +106,7 @@ const POD: [&str; 2] = ["10.10.1.0/24", "10.10.2.0/24"];
 const TUNNEL_IP: [&str; 2] = ["10.10.1.1", "10.10.2.1"];
 
 /// Brings up one cable per side and routes the pod subnets through it.
-fn wire(pair: &Pair, cables: &[Box<dyn Cable>; 2]) -> Res<()> {
+fn wire(pair: &Pair, cables: &[Box<dyn Cable>; 2], txqueuelen: Option<u32>) -> Res<()> {
     let keys = [KeyPair::generate(), KeyPair::generate()];
     let mtu = tunnel_mtu(1500, Family::V4, None)?;
     for i in 0..2 {
@@ -152,6 +153,19 @@ fn wire(pair: &Pair, cables: &[Box<dyn Cable>; 2]) -> Res<()> {
             "src",
             TUNNEL_IP[i],
         ])?;
+        if let Some(len) = txqueuelen {
+            let len = len.to_string();
+            ip(&[
+                "-n",
+                &pair.ns[i],
+                "link",
+                "set",
+                "dev",
+                &dev,
+                "txqueuelen",
+                &len,
+            ])?;
+        }
     }
     Ok(())
 }
@@ -185,8 +199,8 @@ fn wire_plain(pair: &Pair) -> Res<()> {
     Ok(())
 }
 
-/// One iperf3 run from A to B; Gbit/s received and retransmits.
-fn iperf(pair: &Pair, seconds: u32, parallel: u32) -> Res<(f64, u64)> {
+/// One iperf3 run from A to B: Gbit/s received, TCP retransmits, UDP receive-buffer drops.
+fn iperf(pair: &Pair, seconds: u32, parallel: u32) -> Res<(f64, u64, u64)> {
     let server = Command::new("ip")
         .args([
             "netns",
@@ -253,7 +267,28 @@ fn iperf(pair: &Pair, seconds: u32, parallel: u32) -> Res<(f64, u64)> {
         .as_f64()
         .ok_or("no sum_received in iperf3 output")?;
     let retr = end["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    Ok((bps / 1e9, retr))
+    Ok((bps / 1e9, retr, udp_drops(pair)?))
+}
+
+/// UDP datagrams dropped for a full receive buffer, over both namespaces.
+fn udp_drops(pair: &Pair) -> Res<u64> {
+    let mut total = 0;
+    for ns in &pair.ns {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "nstat",
+                "-asz",
+                "-j",
+                "UdpRcvbufErrors",
+            ])
+            .output()?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        total += json["kernel"]["UdpRcvbufErrors"].as_u64().unwrap_or(0);
+    }
+    Ok(total)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -266,6 +301,7 @@ fn main() -> Res<()> {
     let mut rounds = 3;
     let mut parallel = 1;
     let mut wireguard_go = PathBuf::from("wireguard-go");
+    let mut txqueuelen = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -274,6 +310,7 @@ fn main() -> Res<()> {
             "--rounds" => rounds = value()?.parse()?,
             "--parallel" => parallel = value()?.parse()?,
             "--wireguard-go" => wireguard_go = value()?.into(),
+            "--txqueuelen" => txqueuelen = Some(value()?.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -281,7 +318,7 @@ fn main() -> Res<()> {
         return Err("needs root (it builds network namespaces)".into());
     }
     let paths = ["plain", "embedded", "wireguard-go"];
-    let mut results: BTreeMap<&str, Vec<(f64, u64)>> = BTreeMap::new();
+    let mut results: BTreeMap<&str, Vec<(f64, u64, u64)>> = BTreeMap::new();
     // Interleaved rounds, so drift in the machine's load hits every path alike.
     for round in 0..rounds {
         for (n, path) in paths.iter().enumerate() {
@@ -298,7 +335,7 @@ fn main() -> Res<()> {
                             Some(named(&pair.ns[i])),
                         )) as Box<dyn Cable>
                     });
-                    wire(&pair, &cables)?;
+                    wire(&pair, &cables, txqueuelen)?;
                     let r = iperf(&pair, seconds, parallel)?;
                     for c in &cables {
                         c.teardown()?;
@@ -314,7 +351,8 @@ fn main() -> Res<()> {
                             wireguard_go.clone(),
                         )) as Box<dyn Cable>
                     });
-                    let r = wire(&pair, &cables).and_then(|()| iperf(&pair, seconds, parallel));
+                    let r = wire(&pair, &cables, txqueuelen)
+                        .and_then(|()| iperf(&pair, seconds, parallel));
                     for c in &cables {
                         let _ = c.teardown();
                     }
@@ -322,26 +360,31 @@ fn main() -> Res<()> {
                 }
             };
             eprintln!(
-                "round {}: {path}: {:.2} Gbit/s, {} retransmits",
+                "round {}: {path}: {:.2} Gbit/s, {} retransmits, {} UDP receive-buffer drops",
                 round + 1,
                 result.0,
-                result.1
+                result.1,
+                result.2
             );
             results.entry(path).or_default().push(result);
         }
     }
-    println!("| path | Gbit/s (median of {rounds}) | min | max | retransmits (median) |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| path | Gbit/s (median of {rounds}) | min | max | TCP retransmits (median) | UDP receive-buffer drops (median) |"
+    );
+    println!("|---|---|---|---|---|---|");
     for path in paths {
         let r = &results[path];
         let gbps: Vec<f64> = r.iter().map(|x| x.0).collect();
         let retr: Vec<f64> = r.iter().map(|x| x.1 as f64).collect();
+        let drops: Vec<f64> = r.iter().map(|x| x.2 as f64).collect();
         let min = gbps.iter().copied().fold(f64::INFINITY, f64::min);
         let max = gbps.iter().copied().fold(0.0, f64::max);
         println!(
-            "| {path} | {:.2} | {min:.2} | {max:.2} | {:.0} |",
+            "| {path} | {:.2} | {min:.2} | {max:.2} | {:.0} | {:.0} |",
             median(gbps.clone()),
-            median(retr)
+            median(retr),
+            median(drops)
         );
     }
     Ok(())

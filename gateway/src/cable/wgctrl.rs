@@ -25,6 +25,13 @@ const SOCKET_DIR: &str = "/var/run/wireguard";
 /// How long wireguard-go gets to create its socket, or to go away.
 const START_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Whether this kernel has WireGuard (the module loaded or built in, which
+/// shows as `/sys/module/wireguard`). A module that could be loaded but is not
+/// counts as absent: the gateway does not load modules.
+pub fn kernel_available() -> bool {
+    Path::new("/sys/module/wireguard").exists()
+}
+
 /// The device settings to send so `observed` matches `spec` (`wg set NAME
 /// private-key ... listen-port ...`), or `None` when nothing differs.
 pub fn device_update(spec: &DeviceSpec, observed: Option<&DeviceState>) -> Option<DeviceUpdate> {
