@@ -4,10 +4,12 @@
 //! gn-ingress  nat prerouting  dstnat - 20
 //!     ip saddr @remote_global ip daddr . meta l4proto . th dport vmap @ingress_services
 //!     ip saddr @remote_global dnat ip to ip daddr map @ingress_hosts
-//! svc_NS_NAME_PROTO_PORT   (one per exported service port with ready endpoints)
-//!     meta l4proto tcp numgen random mod 3 == 0 dnat ip to 10.244.1.5:8080
-//!     meta l4proto tcp numgen random mod 2 == 0 dnat ip to 10.244.2.5:8080
-//!     meta l4proto tcp dnat ip to 10.244.3.5:8080
+//! gn-lb-N     (N = 1 up to the largest endpoint count in use)
+//!     numgen random mod N vmap { 0 : goto gn-slot-0, ..., N-1 : goto gn-slot-(N-1) }
+//! gn-slot-i   (one per endpoint index i below the largest N)
+//!     meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport map @slot{i}_addr
+//!                            : ip daddr . meta l4proto . th dport map @slot{i}_port
+//!     (the same for udp and sctp)
 //! gn-egress   nat postrouting srcnat - 20
 //!     ip saddr @local_sources ip daddr @remote_global
 //!         snat ip to jhash ip saddr mod N seed S map { 0 : 242.0.0.2, ... }
@@ -19,18 +21,22 @@
 //!     ip saddr @remote_global (the same)
 //! ```
 //!
-//! Why per-service chains behind a verdict map (as kube-proxy's nftables
-//! mode) rather than one big map: load balancing needs a random choice among
-//! N endpoints with N per service. One named map keyed by
-//! `global IP . proto . port . slot` would keep even endpoints in elements,
-//! but nft 1.0.6 cannot declare a map with a concatenated value type
-//! (`ip . port`) through JSON, and an anonymous map per service costs the
-//! kernel a scan of every other set (20 s for 10,000). So the dispatch is one
-//! verdict-map lookup whatever the number of exports; adding or removing an
-//! export adds or removes one map element and one small chain; an endpoint
-//! change rewrites only that service's chain. Unlike kube-proxy there is no
-//! chain per endpoint: 10,000 services cost 10,000 chains, not 40,000.
-
+//! Every per-export fact is a map element: a service port with N ready
+//! endpoints is one `ingress_services` element (`goto gn-lb-N`) and, for
+//! each endpoint i, one element in `slot{i}_addr` and one in `slot{i}_port`,
+//! all keyed by the service's `global IP . protocol . port`. The chains are
+//! shared by all services and only depend on which endpoint counts occur,
+//! so adding, removing or rescaling an export changes map elements only
+//! (chains appear only when the largest endpoint count grows). `gn-lb-N` picks a
+//! slot with `numgen random`; the slot chain looks its endpoint up.
+//!
+//! Why not simpler: one map to `ip . port` per slot cannot be declared
+//! through JSON with nft 1.0.6 (no concatenated value types), hence the
+//! address and port maps with the same key; a slot number cannot be part of
+//! a map key (numgen's type does not concatenate), hence a chain per slot;
+//! and a chain per service with an anonymous numgen map took the kernel 20 s
+//! for 10,000 services (it names every anonymous set by scanning the others),
+//! while plain per-service rules cost 30,000 rules (1.2 s of CPU in `nft`).
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -59,6 +65,16 @@ pub mod chains {
     pub const IDENTITY: &str = "identity";
     /// TCP MSS clamping (filter forward, mangle).
     pub const MSS: &str = "mss";
+
+    /// The chain that picks one of `n` endpoint slots at random.
+    pub fn lb(n: usize) -> String {
+        format!("gn-lb-{n}")
+    }
+
+    /// The chain that DNATs to the endpoint in slot `i` of any service.
+    pub fn slot(i: usize) -> String {
+        format!("gn-slot-{i}")
+    }
 }
 
 /// Set and map names.
@@ -67,8 +83,18 @@ pub mod sets {
     pub const REMOTE_GLOBAL: &str = "remote_global";
     /// Local pod CIDR, service CIDR and node network.
     pub const LOCAL_SOURCES: &str = "local_sources";
-    /// `global IP . protocol . port : goto svc_...`.
+    /// `global IP . protocol . port : goto gn-lb-N` (N: ready endpoints).
     pub const INGRESS_SERVICES: &str = "ingress_services";
+
+    /// `global IP . protocol . port : pod IP` of each service's endpoint `i`.
+    pub fn slot_addr(i: usize) -> String {
+        format!("slot{i}_addr")
+    }
+
+    /// `global IP . protocol . port : target port` of each service's endpoint `i`.
+    pub fn slot_port(i: usize) -> String {
+        format!("slot{i}_port")
+    }
     /// `global IP : target IP` (headless endpoints, the gateway).
     pub const INGRESS_HOSTS: &str = "ingress_hosts";
 }
@@ -162,18 +188,6 @@ impl Input {
     }
 }
 
-/// The chain name of one service port.
-pub fn service_chain(key: &ExportKey, protocol: Protocol, port: u16) -> String {
-    // Kubernetes names never contain '_', so this cannot collide.
-    format!(
-        "svc_{}_{}_{}_{}",
-        key.namespace,
-        key.name,
-        protocol.as_str(),
-        port
-    )
-}
-
 fn interval_set(nets: &[Ipv4Net]) -> Set {
     let mut s = Set::new(vec![DataType::Ipv4Addr]).interval();
     // nft refuses overlapping intervals: merge them first.
@@ -231,32 +245,51 @@ pub fn mss_chain(remote_set: &str, mtu: u16) -> Chain {
     )
 }
 
-/// The rules of one service port's chain: endpoint i of N is chosen with
-/// probability 1/(N-i) among those left (`numgen random mod (N-i) == 0`),
-/// the last one unconditionally, which spreads new connections evenly
-/// (iptables' `statistic` scheme). Plain rules, not an anonymous map per
-/// service: the kernel names every anonymous set by scanning the others, so
-/// 10,000 of them took 20 s to load here against 0.9 s for these rules.
-fn service_rules(key: &ExportKey, p: &ServicePort) -> Vec<Rule> {
-    let n = p.endpoints.len();
-    p.endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, ep)| {
-            let mut stmts = vec![match_eq(meta_l4proto(), string(p.protocol.as_str()))];
-            let left = (n - i) as u32;
-            if left > 1 {
-                stmts.push(match_eq(numgen_random(left), number(0)));
-            }
-            stmts.push(dnat_to_port(*ep.ip(), ep.port()));
-            Rule::new(stmts).with_comment(format!(
-                "{key} {}/{} endpoint {}/{n}",
-                p.protocol.as_str(),
-                p.port,
-                i + 1
-            ))
+/// The `gn-lb-N` chain: a uniform random pick among N slots.
+fn lb_chain(n: usize) -> Chain {
+    let rule = if n == 1 {
+        Rule::new(vec![goto(chains::slot(0))])
+    } else {
+        Rule::new(vec![vmap(
+            numgen_random(n as u32),
+            anon_pairs(
+                (0..n)
+                    .map(|i| (number(i as u32), goto_value(chains::slot(i))))
+                    .collect(),
+            ),
+        )])
+    };
+    Chain::regular(vec![
+        rule.with_comment(format!("pick one of {n} endpoints")),
+    ])
+}
+
+/// The `gn-slot-i` chain: DNAT to the service's endpoint `i`, for each
+/// protocol (nft needs the protocol match to translate a port).
+fn slot_chain(i: usize) -> Chain {
+    let key = || concat(vec![ip_daddr(), meta_l4proto(), th_dport()]);
+    let rules = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+        .into_iter()
+        .map(|proto| {
+            Rule::new(vec![
+                match_eq(meta_l4proto(), string(proto.as_str())),
+                dnat_to_mapped(
+                    map_lookup(key(), &sets::slot_addr(i)),
+                    map_lookup(key(), &sets::slot_port(i)),
+                ),
+            ])
+            .with_comment(format!("endpoint {i} {}", proto.as_str()))
         })
-        .collect()
+        .collect();
+    Chain::regular(rules)
+}
+
+fn service_key() -> Vec<DataType> {
+    vec![
+        DataType::Ipv4Addr,
+        DataType::InetProto,
+        DataType::InetService,
+    ]
 }
 
 /// The Globalnet table for `input`.
@@ -271,31 +304,42 @@ pub fn plan(input: &Input) -> Table {
         interval_set(&input.local_sources),
     );
 
-    let mut services = Set::map(
-        vec![
-            DataType::Ipv4Addr,
-            DataType::InetProto,
-            DataType::InetService,
-        ],
-        vec![DataType::Verdict],
-    );
+    let mut services = Set::map(service_key(), vec![DataType::Verdict]);
+    let mut slot_addrs: Vec<Set> = Vec::new();
+    let mut slot_ports: Vec<Set> = Vec::new();
+    let mut counts: BTreeSet<usize> = BTreeSet::new();
     for svc in &input.services {
         for p in &svc.ports {
-            let rules = service_rules(&svc.key, p);
-            if rules.is_empty() {
+            let n = p.endpoints.len();
+            if n == 0 {
                 continue;
             }
-            let chain = service_chain(&svc.key, p.protocol, p.port);
-            services.insert_map(
-                Value::Concat(vec![
-                    Value::Addr(svc.global_ip),
-                    Value::Str(p.protocol.as_str().into()),
-                    Value::from(p.port),
-                ]),
-                Verdict::Goto(chain.clone()),
-            );
-            t.chains.insert(chain, Chain::regular(rules));
+            let key = Value::Concat(vec![
+                Value::Addr(svc.global_ip),
+                Value::Str(p.protocol.as_str().into()),
+                Value::from(p.port),
+            ]);
+            services.insert_map(key.clone(), Verdict::Goto(chains::lb(n)));
+            counts.insert(n);
+            for (i, ep) in p.endpoints.iter().enumerate() {
+                if slot_addrs.len() <= i {
+                    slot_addrs.push(Set::map(service_key(), vec![DataType::Ipv4Addr]));
+                    slot_ports.push(Set::map(service_key(), vec![DataType::InetService]));
+                }
+                slot_addrs[i].insert_map(key.clone(), *ep.ip());
+                slot_ports[i].insert_map(key.clone(), ep.port());
+            }
         }
+    }
+    // Every count up to the largest, so a service that shrinks or a new
+    // export with fewer endpoints never adds a chain.
+    for n in 1..=counts.last().copied().unwrap_or(0) {
+        t.chains.insert(chains::lb(n), lb_chain(n));
+    }
+    for (i, (addrs, ports)) in slot_addrs.into_iter().zip(slot_ports).enumerate() {
+        t.chains.insert(chains::slot(i), slot_chain(i));
+        t.sets.insert(sets::slot_addr(i), addrs);
+        t.sets.insert(sets::slot_port(i), ports);
     }
     t.sets.insert(sets::INGRESS_SERVICES.into(), services);
 
@@ -397,6 +441,26 @@ mod tests {
         i
     }
 
+    fn svc(name: &str, ip: &str, proto: Protocol, port: u16, eps: &[&str]) -> ServiceIngress {
+        ServiceIngress {
+            key: ExportKey::new("default", name),
+            global_ip: ip.parse().unwrap(),
+            ports: vec![ServicePort {
+                protocol: proto,
+                port,
+                endpoints: eps.iter().map(|e| ep(e)).collect(),
+            }],
+        }
+    }
+
+    fn key(ip: &str, proto: &str, port: u16) -> Value {
+        Value::Concat(vec![
+            Value::Addr(ip.parse().unwrap()),
+            Value::Str(proto.into()),
+            Value::Int(u64::from(port)),
+        ])
+    }
+
     #[test]
     fn plan_shape() {
         let t = plan(&sample());
@@ -405,12 +469,24 @@ mod tests {
             vec![
                 "gn-egress",
                 "gn-ingress",
+                "gn-lb-1",
+                "gn-lb-2",
+                "gn-slot-0",
+                "gn-slot-1",
                 "identity",
-                "mss",
-                "svc_default_web_tcp_80"
+                "mss"
             ]
         );
-        assert_eq!(t.sets[sets::INGRESS_SERVICES].elements.len(), 1);
+        let k = key("242.0.0.10", "tcp", 80);
+        assert_eq!(
+            t.sets[sets::INGRESS_SERVICES].elements[&k],
+            Some(Verdict::Goto("gn-lb-2".into()).into())
+        );
+        assert_eq!(
+            t.sets["slot0_addr"].elements[&k],
+            Some(Value::Addr("10.244.1.5".parse().unwrap()))
+        );
+        assert_eq!(t.sets["slot1_port"].elements[&k], Some(Value::Int(8080)));
         assert_eq!(t.sets[sets::LOCAL_SOURCES].elements.len(), 3);
     }
 
@@ -419,7 +495,8 @@ mod tests {
         let mut i = sample();
         i.services[0].ports[0].endpoints.clear();
         let t = plan(&i);
-        assert!(!t.chains.contains_key("svc_default_web_tcp_80"));
+        assert!(!t.chains.keys().any(|c| c.starts_with("gn-lb-")));
+        assert!(!t.sets.contains_key("slot0_addr"));
         assert!(t.sets[sets::INGRESS_SERVICES].elements.is_empty());
     }
 
@@ -440,52 +517,73 @@ mod tests {
     }
 
     #[test]
-    fn one_more_export_changes_only_elements_and_its_chain() {
+    fn one_more_export_changes_only_elements() {
         let a = Applier::new(FakeNft::new());
         let mut i = sample();
         a.reconcile(&plan(&i)).unwrap();
-        i.services.push(ServiceIngress {
-            key: ExportKey::new("default", "api"),
-            global_ip: "242.0.0.11".parse().unwrap(),
-            ports: vec![ServicePort {
-                protocol: Protocol::Udp,
-                port: 53,
-                endpoints: [ep("10.244.1.9:5353")].into(),
-            }],
-        });
+        i.services.push(svc(
+            "api",
+            "242.0.0.11",
+            Protocol::Udp,
+            53,
+            &["10.244.1.9:5353", "10.244.2.9:5353"],
+        ));
         let out = a.reconcile(&plan(&i)).unwrap();
         let s = out.batch.summary();
+        assert!(s.only_elements(), "{:?}", out.batch.ops);
+        // its dispatch element, and address and port of both endpoints
+        assert_eq!((s.elements_added, s.elements_deleted), (5, 0));
+    }
+
+    #[test]
+    fn a_larger_endpoint_count_adds_its_chains() {
+        let a = Applier::new(FakeNft::new());
+        let mut i = sample();
+        a.reconcile(&plan(&i)).unwrap();
+        i.services.push(svc(
+            "three",
+            "242.0.0.12",
+            Protocol::Tcp,
+            443,
+            &["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"],
+        ));
+        let out = a.reconcile(&plan(&i)).unwrap();
+        let s = out.batch.summary();
+        // gn-lb-3 (one rule) and gn-slot-2 (tcp, udp, sctp), slot 2's maps
         assert_eq!(
             (
                 s.chains_added,
                 s.rules_added,
-                s.elements_added,
-                s.chains_flushed
+                s.chains_flushed,
+                s.sets_added
             ),
-            (1, 1, 1, 0)
+            (2, 4, 0, 2)
         );
-        assert_eq!(s.elements_deleted, 0);
+        assert_eq!(s.elements_added, 7);
     }
 
     #[test]
-    fn endpoint_change_rewrites_only_that_service() {
+    fn endpoint_change_changes_only_elements() {
         let a = Applier::new(FakeNft::new());
         let mut i = sample();
+        i.services.push(svc(
+            "three",
+            "242.0.0.12",
+            Protocol::Tcp,
+            80,
+            &["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"],
+        ));
         a.reconcile(&plan(&i)).unwrap();
+        // web scales from 2 to 3 endpoints: gn-lb-3 and gn-slot-2 exist already.
         i.services[0].ports[0]
             .endpoints
             .insert(ep("10.244.3.5:8080"));
         let out = a.reconcile(&plan(&i)).unwrap();
-        let chain = "svc_default_web_tcp_80";
-        let mut want = vec![crate::nft::Op::FlushChain(chain.into())];
-        for rule in &plan(&i).chains[chain].rules {
-            want.push(crate::nft::Op::AddRule {
-                chain: chain.into(),
-                rule: rule.clone(),
-            });
-        }
-        assert_eq!(out.batch.ops, want);
-        assert_eq!(want.len(), 4);
+        let s = out.batch.summary();
+        assert!(s.only_elements(), "{:?}", out.batch.ops);
+        // dispatch element replaced (goto gn-lb-3), slot 2 address and port added
+        assert_eq!((s.elements_deleted, s.elements_added), (1, 3));
+        assert!(!a.reconcile(&plan(&i)).unwrap().changed());
     }
 
     #[test]
@@ -496,9 +594,15 @@ mod tests {
         i.services.clear();
         let out = a.reconcile(&plan(&i)).unwrap();
         let s = out.batch.summary();
+        // both pick chains and both slot chains go, with the slot maps
         assert_eq!(
-            (s.elements_deleted, s.chains_flushed, s.chains_deleted),
-            (1, 1, 1)
+            (
+                s.elements_deleted,
+                s.chains_flushed,
+                s.chains_deleted,
+                s.sets_deleted
+            ),
+            (1, 4, 4, 4)
         );
         assert!(!a.reconcile(&plan(&i)).unwrap().changed());
     }

@@ -105,6 +105,23 @@ pub fn anon_map(key: Expr, pairs: Vec<(Expr, Expr)>) -> Expr {
     })))
 }
 
+/// An anonymous map `{ k : v, ... }`, as the data of a `vmap` or `map`.
+pub fn anon_pairs(pairs: Vec<(Expr, Expr)>) -> Expr {
+    Expression::Named(NamedExpression::Set(
+        pairs
+            .into_iter()
+            .map(|(k, v)| SetItem::Mapping(k, v))
+            .collect(),
+    ))
+}
+
+/// `goto CHAIN` as a value of a verdict map.
+pub fn goto_value(chain: impl Into<String>) -> Expr {
+    Expression::Verdict(nftables::expr::Verdict::Goto(JumpTarget {
+        target: Cow::Owned(chain.into()),
+    }))
+}
+
 /// `KEY map @NAME`.
 pub fn map_lookup(key: Expr, map: &str) -> Expr {
     Expression::Named(NamedExpression::Map(Box::new(Map {
@@ -201,6 +218,16 @@ pub fn dnat_to_port(a: Ipv4Addr, port: u16) -> Stmt {
         addr: Some(addr(a)),
         family: Some(NATFamily::IP),
         port: Some(number(u32::from(port))),
+        flags: None,
+    }))
+}
+
+/// `dnat ip to ADDR : PORT` with computed address and port (map lookups).
+pub fn dnat_to_mapped(addr: Expr, port: Expr) -> Stmt {
+    Statement::DNAT(Some(NAT {
+        addr: Some(addr),
+        family: Some(NATFamily::IP),
+        port: Some(port),
         flags: None,
     }))
 }
