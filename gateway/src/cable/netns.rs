@@ -42,3 +42,25 @@ where
 pub fn named(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_here_without_a_namespace() {
+        let here = std::thread::current().id();
+        assert_eq!(
+            run_in(None, || Ok(std::thread::current().id())).unwrap(),
+            here
+        );
+    }
+
+    #[test]
+    fn a_missing_namespace_is_a_clear_error() {
+        let path = Path::new("/run/netns/causeway-no-such-namespace");
+        let err = run_in(Some(path), || Ok(())).unwrap_err().to_string();
+        assert!(err.contains("causeway-no-such-namespace"), "{err}");
+        assert_eq!(named("x"), Path::new("/run/netns/x"));
+    }
+}
