@@ -184,6 +184,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         cable,
         datapath: Arc::new(datapath),
         state: watch::channel(GatewayState::default()).0,
+        health: watch::channel(None).0,
     });
     gateway.run(elector, shutdown).await?;
     tracing::info!("gateway stopped");

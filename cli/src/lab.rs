@@ -385,7 +385,11 @@ fn spawn(
     let logs = state.logs_dir();
     fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
     let log = logs.join(format!("{}-{role}.log", target.replace('/', "-")));
-    let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("open {}", log.display()))?;
     let mut child = Command::new(&exe)
         .args(["enter", "--netns", netns, "--"])
         .arg(program)
@@ -400,12 +404,16 @@ fn spawn(
     let pid = child.id() as i32;
     // Reap it when it ends, so a long-lived caller (the demo) keeps no zombie.
     std::thread::spawn(move || child.wait());
+    let command = std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect();
     state.record_process(ProcessRecord {
         target: target.to_owned(),
         netns: netns.to_owned(),
         role: role.to_owned(),
         pid,
         log,
+        command,
     })
 }
 
@@ -525,6 +533,66 @@ pub fn resolve<'a>(plan: &'a LabPlan, target: &str) -> Result<&'a str> {
     })
 }
 
+/// Sends `signal` to the gateway of `target` (`CLUSTER/NODE`), as a crash
+/// (SIGKILL, `lab kill`) or a clean stop (SIGTERM, `lab stop`) would.
+pub fn signal_gateway(name: &LabName, target: &str, signal: Signal) -> Result<i32> {
+    let state = load(name)?;
+    resolve(&state.plan, target)?;
+    let process = state
+        .processes
+        .iter()
+        .rev()
+        .find(|p| p.target == target && p.role == "gateway")
+        .ok_or_else(|| {
+            anyhow!(
+                "{target} runs no gateway: gateways run on the gateway candidates (node-0, node-1)"
+            )
+        })?;
+    if !is_running(process.pid) {
+        bail!(
+            "the gateway on {target} is not running; start it with `causeway lab start {target}`"
+        );
+    }
+    kill(Pid::from_raw(process.pid), signal)
+        .with_context(|| format!("signal the gateway on {target}"))?;
+    Ok(process.pid)
+}
+
+/// Starts the gateway of `target` again, with the arguments it had.
+pub fn start_gateway(name: &LabName, target: &str) -> Result<i32> {
+    let mut state = load(name)?;
+    let process = state
+        .processes
+        .iter()
+        .rev()
+        .find(|p| p.target == target && p.role == "gateway")
+        .cloned()
+        .ok_or_else(|| {
+            anyhow!(
+                "{target} runs no gateway: gateways run on the gateway candidates (node-0, node-1)"
+            )
+        })?;
+    if is_running(process.pid) {
+        bail!(
+            "the gateway on {target} is running already (pid {})",
+            process.pid
+        );
+    }
+    let Some((program, args)) = process.command.split_first() else {
+        bail!("the lab did not record how it started the gateway on {target}");
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(
+        &mut state,
+        target,
+        &process.netns,
+        "gateway",
+        Path::new(program),
+        &args,
+    )?;
+    Ok(state.processes.last().map(|p| p.pid).unwrap_or_default())
+}
+
 /// What `causeway lab status` reports.
 #[derive(Debug, Serialize)]
 pub struct LabStatus {
@@ -533,6 +601,8 @@ pub struct LabStatus {
     pub distinct_cidrs: bool,
     pub wan: WanPlan,
     pub clusters: Vec<ClusterPlan>,
+    /// Each cluster's active gateway node, as its own store names it.
+    pub active_gateways: std::collections::BTreeMap<String, Option<String>>,
     pub processes: Vec<ProcessStatus>,
 }
 
@@ -546,9 +616,24 @@ pub struct ProcessStatus {
 
 pub fn status(name: &LabName) -> Result<LabStatus> {
     let state = load(name)?;
-    let processes = state
-        .processes
+    let active_gateways = state
+        .plan
+        .clusters
         .iter()
+        .map(|c| (c.name.clone(), active_gateway(c).ok().flatten()))
+        .collect();
+    // A restarted daemon shows once: its latest run.
+    let mut latest: Vec<&ProcessRecord> = Vec::new();
+    for p in state.processes.iter().rev() {
+        if !latest
+            .iter()
+            .any(|l| l.target == p.target && l.role == p.role)
+        {
+            latest.insert(0, p);
+        }
+    }
+    let processes = latest
+        .into_iter()
         .map(|p| ProcessStatus {
             running: is_running(p.pid),
             record: p.clone(),
@@ -560,6 +645,7 @@ pub fn status(name: &LabName) -> Result<LabStatus> {
         distinct_cidrs: state.plan.spec.distinct_cidrs,
         wan: state.plan.wan.clone(),
         clusters: state.plan.clusters.clone(),
+        active_gateways,
         processes,
     })
 }
@@ -600,6 +686,12 @@ pub fn render_status(s: &LabStatus) -> String {
             out,
             "\ncluster {}  pods {}  services {}  nodes {}",
             c.name, c.pod_cidr, c.service_cidr, c.node_cidr
+        );
+        let active = s.active_gateways.get(&c.name).cloned().flatten();
+        let _ = writeln!(
+            out,
+            "  active gateway: {}",
+            active.as_deref().unwrap_or("none")
         );
         let _ = writeln!(
             out,

@@ -14,6 +14,7 @@ use causeway_cli::lab::{self, plan::LabName, plan::LabSpec};
 use causeway_cli::{broker, daemon, netns};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::{IpNet, Ipv4Net};
+use nix::sys::signal::Signal;
 
 #[derive(Parser)]
 #[command(
@@ -150,6 +151,27 @@ enum LabCmd {
         /// Leave the lab up at the end.
         #[arg(long)]
         keep: bool,
+    },
+    /// SIGKILL the gateway on a node, as a crash would (failover).
+    Kill {
+        #[command(flatten)]
+        lab: LabName_,
+        /// CLUSTER/NODE, for example b/node-0.
+        target: String,
+    },
+    /// SIGTERM the gateway on a node: a clean stop that hands over at once.
+    Stop {
+        #[command(flatten)]
+        lab: LabName_,
+        /// CLUSTER/NODE, for example b/node-0.
+        target: String,
+    },
+    /// Start a stopped or killed gateway again.
+    Start {
+        #[command(flatten)]
+        lab: LabName_,
+        /// CLUSTER/NODE, for example b/node-0.
+        target: String,
     },
     /// The HTTP echo server the lab's web pods run.
     Echo {
@@ -289,6 +311,21 @@ fn run_lab(cmd: LabCmd) -> Result<()> {
             Ok(())
         }
         LabCmd::Demo { lab, keep } => lab::demo::run(lab.name, keep),
+        LabCmd::Kill { lab, target } => {
+            let pid = lab::signal_gateway(&lab.name, &target, Signal::SIGKILL)?;
+            println!("killed the gateway on {target} (pid {pid})");
+            Ok(())
+        }
+        LabCmd::Stop { lab, target } => {
+            let pid = lab::signal_gateway(&lab.name, &target, Signal::SIGTERM)?;
+            println!("stopping the gateway on {target} (pid {pid})");
+            Ok(())
+        }
+        LabCmd::Start { lab, target } => {
+            let pid = lab::start_gateway(&lab.name, &target)?;
+            println!("started the gateway on {target} (pid {pid})");
+            Ok(())
+        }
         LabCmd::Echo {
             cluster,
             pod,

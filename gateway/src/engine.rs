@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use causeway_api::election::Elector;
+use causeway_api::records::RecordKey;
 use causeway_api::records::{
     AnyRecord, CableBackend, Cluster, ClusterId, ConnectionState, ConnectionStatus, Endpoint,
     GlobalCidr, Kind, WireGuardKey,
@@ -27,11 +28,12 @@ use causeway_api::records::{
 use causeway_api::store::{RecordSet, Store};
 use futures::StreamExt;
 use ipnet::IpNet;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cable::plan::{LocalKind, LocalNetworks, RemoteEndpoint, diff_peers, plan_peers};
 use crate::cable::{Cable, DeviceSpec, KeyPair, PublicKey};
+use crate::health::{self, HealthView, Prober, ProberConfig, Responder, StatusChange};
 
 /// What one gateway candidate is, and what its cluster owns.
 #[derive(Debug, Clone)]
@@ -165,6 +167,8 @@ pub struct Gateway {
     pub cable: Arc<dyn Cable>,
     pub datapath: Arc<dyn Datapath>,
     pub state: watch::Sender<GatewayState>,
+    /// Every peer's health while active (for metrics and diagnostics).
+    pub health: watch::Sender<Option<HealthView<ClusterId>>>,
 }
 
 impl Gateway {
@@ -272,6 +276,21 @@ impl Gateway {
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        // Health: answer the peers' probes, probe theirs (settled decision 8).
+        let (peers_tx, peers_rx) = watch::channel(BTreeMap::new());
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+        let tunnel_ip = self.config.tunnel_ip;
+        match Responder::bind(SocketAddr::new(tunnel_ip, health::DEFAULT_PORT)) {
+            Ok(responder) => drop(tokio::spawn(responder.run(stop.clone()))),
+            Err(e) => tracing::error!(error = %e, "could not answer health probes"),
+        }
+        match Prober::bind(ProberConfig::new(tunnel_ip)) {
+            Ok(prober) => {
+                self.health.send_replace(Some(prober.view()));
+                drop(tokio::spawn(prober.run(peers_rx, changes_tx, stop.clone())));
+            }
+            Err(e) => tracing::error!(error = %e, "could not probe the peers"),
+        }
         let own = [
             AnyRecord::Endpoint(self.config.endpoint()),
             AnyRecord::Cluster(self.config.cluster_record()),
@@ -288,7 +307,8 @@ impl Gateway {
                 self.config.cluster.clone(),
                 stop.clone(),
             )),
-            tokio::spawn(self.clone().converge_loop(stop.clone())),
+            tokio::spawn(self.clone().converge_loop(peers_tx, stop.clone())),
+            tokio::spawn(self.clone().record_health(changes_rx)),
         ];
         for task in tasks {
             let _ = task.await;
@@ -297,7 +317,11 @@ impl Gateway {
 
     /// Converges peers and routes on the remote Endpoints in the cluster's
     /// own store, on every change and every `resync`.
-    async fn converge_loop(self: Arc<Self>, stop: CancellationToken) {
+    async fn converge_loop(
+        self: Arc<Self>,
+        probe: watch::Sender<BTreeMap<ClusterId, SocketAddr>>,
+        stop: CancellationToken,
+    ) {
         let mut events = self.local.watch(Some(Kind::Endpoint), None);
         let mut endpoints = RecordSet::default();
         let mut written: BTreeMap<PublicKey, SocketAddr> = BTreeMap::new();
@@ -320,7 +344,24 @@ impl Gateway {
                 .filter(|e| e.cluster != self.config.cluster)
                 .collect();
             match self.converge(&remotes, &mut written).await {
-                Ok(report) => self.report(report, &mut statuses).await,
+                Ok(report) => {
+                    let targets = remotes
+                        .iter()
+                        .filter(|e| report.peers.contains(e.cluster.as_str()))
+                        .filter_map(|e| {
+                            Some((
+                                e.cluster.clone(),
+                                SocketAddr::new(e.health_check_ip?, health::DEFAULT_PORT),
+                            ))
+                        })
+                        .collect();
+                    probe.send_if_modified(|old| {
+                        let changed = *old != targets;
+                        *old = targets;
+                        changed
+                    });
+                    self.report(report, &mut statuses).await
+                }
                 Err(e) => tracing::error!(error = %e, "could not converge the datapath; retrying"),
             }
         }
@@ -382,22 +423,17 @@ impl Gateway {
         converged: Converged,
         last: &mut BTreeMap<String, (ConnectionState, Option<String>)>,
     ) {
+        // Configured peers' statuses come from the health prober; this
+        // reports refused remotes, and forgets remotes that left.
         let mut now: BTreeMap<String, (ConnectionState, Option<String>)> = BTreeMap::new();
-        for peer in &converged.peers {
-            let state = last
-                .get(peer)
-                .map(|s| s.0)
-                .unwrap_or(ConnectionState::Connecting);
-            now.insert(peer.clone(), (state, None));
-        }
         for (peer, reason) in &converged.refused {
-            tracing::warn!(peer = %peer, reason = %reason, "refusing a remote cluster's Endpoint");
             now.insert(peer.clone(), (ConnectionState::Error, Some(reason.clone())));
         }
         for (peer, (state, reason)) in &now {
             if last.get(peer) == Some(&(*state, reason.clone())) {
                 continue;
             }
+            tracing::warn!(peer = %peer, reason = ?reason, "refusing a remote cluster's Endpoint");
             let Ok(peer_id) = peer.parse::<ClusterId>() else {
                 continue;
             };
@@ -413,11 +449,48 @@ impl Gateway {
                 tracing::warn!(error = %e, peer = %peer, "could not record the connection status");
             }
         }
+        let previous = self.state.borrow().peers.clone();
+        for gone in previous.iter().chain(last.keys()) {
+            if converged.peers.contains(gone) || now.contains_key(gone) {
+                continue;
+            }
+            let Ok(peer) = gone.parse::<ClusterId>() else {
+                continue;
+            };
+            let key = RecordKey {
+                cluster: self.config.cluster.clone(),
+                kind: Kind::ConnectionStatus,
+                name: peer.to_string(),
+            };
+            if let Err(e) = self.local.delete(&key).await {
+                tracing::warn!(error = %e, peer = %gone, "could not forget the connection status");
+            }
+        }
         self.state.send_modify(|s| {
             s.peers = converged.peers.clone();
             s.refused = converged.refused.clone();
         });
         *last = now;
+    }
+
+    /// Writes each health state change of a peer to the cluster's store
+    /// (only changes: RTT lives in metrics, settled decision 9).
+    async fn record_health(
+        self: Arc<Self>,
+        mut changes: mpsc::UnboundedReceiver<StatusChange<ClusterId>>,
+    ) {
+        while let Some(change) = changes.recv().await {
+            tracing::info!(peer = %change.peer, state = ?change.status.state, reason = %change.status.reason, "peer health changed");
+            if !self.state.borrow().peers.contains(change.peer.as_str())
+                && change.previous.is_some()
+            {
+                continue;
+            }
+            let record = AnyRecord::ConnectionStatus(change.to_record(&self.config.cluster));
+            if let Err(e) = self.local.put(&record).await {
+                tracing::warn!(error = %e, peer = %change.peer, "could not record the connection status");
+            }
+        }
     }
 }
 

@@ -37,6 +37,11 @@ use crate::cable::InterfaceName;
 pub const GATEWAY_PROTOCOL: u8 = 202;
 /// Route protocol number of the route agent's routes (`ip route ... proto 203`).
 pub const ROUTE_AGENT_PROTOCOL: u8 = 203;
+/// Metric of the gateway's routes. The route agent's routes (metric 0) win
+/// over them, so tunnel routes a crashed gateway left behind on a node that
+/// no longer holds the lease never blackhole that node's traffic; on the
+/// lease holder the route agent installs none (settled decision 7).
+pub const GATEWAY_METRIC: u32 = 100;
 /// The main routing table (`table main`).
 pub const MAIN_TABLE: u32 = 254;
 
@@ -149,16 +154,20 @@ pub struct Route {
     pub table: u32,
     /// Protocol number (`proto`): whose route this is.
     pub protocol: u8,
+    /// Metric (`metric`); 0 is the kernel's default for the family.
+    pub metric: u32,
 }
 
-/// What identifies a route for `ip route replace`: one route per table and
-/// destination (Causeway sets no TOS and no metric).
+/// What identifies a route for `ip route replace`: one route per table,
+/// destination and metric (Causeway sets no TOS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteKey {
     /// Routing table id.
     pub table: u32,
     /// Destination prefix.
     pub destination: IpNet,
+    /// Metric (0: the family's default).
+    pub metric: u32,
 }
 
 impl Route {
@@ -169,6 +178,7 @@ impl Route {
             source: None,
             table: MAIN_TABLE,
             protocol,
+            metric: 0,
         }
     }
 
@@ -200,6 +210,12 @@ impl Route {
         self
     }
 
+    /// The same route with a metric (`metric N`).
+    pub fn with_metric(mut self, metric: u32) -> Self {
+        self.metric = metric;
+        self
+    }
+
     /// The same route in another table (`table N`).
     pub fn in_table(mut self, table: u32) -> Self {
         self.table = table;
@@ -211,6 +227,7 @@ impl Route {
         RouteKey {
             table: self.table,
             destination: self.destination,
+            metric: self.metric,
         }
     }
 
@@ -255,7 +272,11 @@ impl fmt::Display for Route {
         if self.table != MAIN_TABLE {
             write!(f, " table {}", self.table)?;
         }
-        write!(f, " proto {}", self.protocol)
+        write!(f, " proto {}", self.protocol)?;
+        if self.metric != 0 {
+            write!(f, " metric {}", self.metric)?;
+        }
+        Ok(())
     }
 }
 
@@ -388,7 +409,8 @@ pub fn gateway_plan(
 ) -> BTreeSet<Route> {
     let mut plan = BTreeSet::new();
     for subnet in remote_subnets {
-        let mut route = Route::device(subnet, tunnel.clone(), GATEWAY_PROTOCOL);
+        let mut route =
+            Route::device(subnet, tunnel.clone(), GATEWAY_PROTOCOL).with_metric(GATEWAY_METRIC);
         // A source of the other family would make the kernel refuse the route.
         if let Some(src) = tunnel_address.filter(|a| a.is_ipv4() == subnet.addr().is_ipv4()) {
             route = route.with_source(src);
@@ -396,7 +418,7 @@ pub fn gateway_plan(
         plan.insert(route);
     }
     if let Some(global) = own_global_cidr {
-        plan.insert(Route::unreachable(global, GATEWAY_PROTOCOL));
+        plan.insert(Route::unreachable(global, GATEWAY_PROTOCOL).with_metric(GATEWAY_METRIC));
     }
     plan
 }
@@ -427,10 +449,10 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "unreachable 242.0.0.0/16 proto 202",
-                "242.1.0.0/16 dev cw0 src 242.0.0.1 proto 202",
-                "242.2.0.0/16 dev cw0 src 242.0.0.1 proto 202",
-                "fd00::/64 dev cw0 proto 202",
+                "unreachable 242.0.0.0/16 proto 202 metric 100",
+                "242.1.0.0/16 dev cw0 src 242.0.0.1 proto 202 metric 100",
+                "242.2.0.0/16 dev cw0 src 242.0.0.1 proto 202 metric 100",
+                "fd00::/64 dev cw0 proto 202 metric 100",
             ]
         );
     }
@@ -440,11 +462,10 @@ mod tests {
         let plan = gateway_plan(&dev("cw0"), None, [net("10.245.0.0/16")], None);
         assert_eq!(
             plan.into_iter().collect::<Vec<_>>(),
-            [Route::device(
-                net("10.245.0.0/16"),
-                dev("cw0"),
-                GATEWAY_PROTOCOL
-            )]
+            [
+                Route::device(net("10.245.0.0/16"), dev("cw0"), GATEWAY_PROTOCOL)
+                    .with_metric(GATEWAY_METRIC)
+            ]
         );
     }
 

@@ -56,3 +56,56 @@ fn a_large_response_crosses_the_tunnel_intact() {
     );
     assert_eq!(remote, local, "the bytes that crossed the tunnel differ");
 }
+
+/// Requests from `a/client-0` to `url`, one every 50 ms with a 500 ms
+/// timeout, until one succeeds after `disrupt` ran (bounded: 30 s). Returns
+/// how long requests failed.
+fn outage(lab: &Lab, url: &str, disrupt: impl FnOnce()) -> std::time::Duration {
+    use std::time::{Duration, Instant};
+    lab.echo_eventually("a/client-0", url);
+    disrupt();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let out = lab.exec("a/client-0", &["curl", "-s", "--max-time", "0.5", url]);
+        if out.status.success() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{url} still fails 30 s after the active gateway went away");
+}
+
+fn active_gateway(lab: &Lab, cluster: &str) -> String {
+    lab.status()["active_gateways"][cluster]
+        .as_str()
+        .unwrap_or_else(|| panic!("cluster {cluster} has no active gateway"))
+        .to_owned()
+}
+
+#[test]
+fn traffic_moves_to_the_standby_when_the_active_gateway_dies_or_stops() {
+    let lab = Lab::up("fail", &["--distinct-cidrs"]);
+    // web-0 runs on node-0: its replies take the failed-over path too.
+    let url = format!("http://{}:8080/", pod_ip(&lab, 1, "web-0"));
+    for (verb, _signal) in [("kill", "SIGKILL"), ("stop", "SIGTERM")] {
+        let before = active_gateway(&lab, "b");
+        let target = format!("b/{before}");
+        let took = outage(&lab, &url, || {
+            ok(
+                causeway_tests::causeway(&["lab", verb, "--name", &lab.name, &target]),
+                verb,
+            );
+        });
+        let after = active_gateway(&lab, "b");
+        assert_ne!(after, before, "after `lab {verb}` the standby is active");
+        eprintln!("lab {verb} {target}: requests failed for {took:?}; {after} is active");
+        // Bring the candidate back as a standby for the next round.
+        ok(
+            causeway_tests::causeway(&["lab", "start", "--name", &lab.name, &target]),
+            "lab start",
+        );
+        let reply = lab.echo_eventually("a/client-0", &url);
+        assert_eq!(reply["cluster"], "b");
+    }
+}

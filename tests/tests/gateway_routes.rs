@@ -204,9 +204,9 @@ fn routes_apply_converge_and_leave_foreign_routes_alone() {
     assert_eq!(
         ns.routes("202"),
         [
-            "242.1.0.0/16 dev cw0 scope link src 242.0.0.1",
-            "242.2.0.0/16 dev cw0 scope link src 242.0.0.1",
-            "unreachable 242.0.0.0/16",
+            "242.1.0.0/16 dev cw0 scope link src 242.0.0.1 metric 100",
+            "242.2.0.0/16 dev cw0 scope link src 242.0.0.1 metric 100",
+            "unreachable 242.0.0.0/16 metric 100",
         ]
     );
     assert!(gw.reconcile(&gw_plan).unwrap().is_empty());

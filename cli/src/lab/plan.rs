@@ -254,6 +254,7 @@ impl LabPlan {
                     .find(|p| p.name == member)
                     .map(|p| p.netns.as_str())
             })
+            .or_else(|| (member == "control-plane").then_some(c.control_plane.netns.as_str()))
     }
 }
 

@@ -35,6 +35,9 @@ pub struct ProcessRecord {
     pub role: String,
     pub pid: i32,
     pub log: PathBuf,
+    /// The program and its arguments, so `lab start` can run it again.
+    #[serde(default)]
+    pub command: Vec<String>,
 }
 
 impl LabState {

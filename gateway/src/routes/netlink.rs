@@ -304,11 +304,30 @@ fn parse(m: &RouteMessage, links: &BTreeMap<u32, String>) -> Option<Route> {
         source,
         table: table_of(m),
         protocol: u8::from(m.header.protocol),
+        metric: metric_of(m, destination),
     })
 }
 
+/// A route's metric, with the family's default (0 for IPv4, 1024 for IPv6)
+/// read as 0, as [`Route::metric`] counts it.
+fn metric_of(m: &RouteMessage, destination: IpNet) -> u32 {
+    let priority = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Priority(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap_or(0);
+    if destination.addr().is_ipv6() && priority == IPV6_DEFAULT_METRIC {
+        0
+    } else {
+        priority
+    }
+}
+
 /// The routes a `replace` of ours would overwrite: same table, destination,
-/// TOS 0 and the metric our route gets (0 for IPv4, 1024 for IPv6).
+/// metric and TOS 0.
 fn foreign_keys(
     routes: &[RouteMessage],
     links: &BTreeMap<u32, String>,
@@ -318,22 +337,7 @@ fn foreign_keys(
         .filter(|m| m.header.tos == 0)
         .filter_map(|m| {
             let destination = destination_of(m)?;
-            let priority = m
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Priority(p) => Some(*p),
-                    _ => None,
-                })
-                .unwrap_or(0);
-            let ours = if destination.addr().is_ipv4() {
-                0
-            } else {
-                IPV6_DEFAULT_METRIC
-            };
-            if priority != ours {
-                return None;
-            }
+            let metric = metric_of(m, destination);
             let protocol = u8::from(m.header.protocol);
             let shown = parse(m, links).map_or_else(
                 || format!("{destination} ({:?}, proto {protocol})", m.header.kind),
@@ -343,6 +347,7 @@ fn foreign_keys(
                 RouteKey {
                     table: table_of(m),
                     destination,
+                    metric,
                 },
                 (protocol, shown),
             ))
@@ -407,6 +412,9 @@ fn message(
     } else {
         scope
     };
+    if route.metric != 0 {
+        m.attributes.push(RouteAttribute::Priority(route.metric));
+    }
     if let Some(src) = route.source {
         m.attributes
             .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
