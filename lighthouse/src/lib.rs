@@ -2,15 +2,25 @@
 //! records; the DNS server answers `clusterset.local` from the imports of
 //! every cluster whose tunnel is up.
 //!
-//! The DNS side flows one way: an updater (fed by the local store's
-//! ServiceImport and connection-status records) edits a [`dns::Index`] and
-//! publishes it through a [`dns::IndexHandle`]; the [`dns::server`] decodes
-//! each packet, asks the pure [`dns::resolve`] for the answer against the
-//! current snapshot, and encodes it within the client's size limit.
+//! Export side: [`export::ExportAgent`] (in the active gateway) reads the
+//! cluster source, plans this cluster's ServiceImport records and their MCS
+//! conditions with the pure [`export::plan_exports`], and converges the
+//! cluster's own store; the gateway mirrors them to the broker.
+//!
+//! DNS side, one way: [`feed`] watches the local store's ServiceImport and
+//! connection-status records and edits a [`dns::Index`], published through
+//! a [`dns::IndexHandle`]; the [`dns::server`] decodes each packet, asks the
+//! pure [`dns::resolve`] for the answer against the current snapshot, and
+//! encodes it within the client's size limit. [`serve_dns`] runs both.
 //! [`corefile`] renders the CoreDNS stanza that forwards the zone here.
 
 pub mod corefile;
+pub mod daemon;
 pub mod dns;
+pub mod export;
+pub mod feed;
+
+pub use daemon::{DnsDaemon, serve_dns};
 
 /// Errors of the lighthouse crate.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,15 @@ pub enum Error {
     /// `causeway lighthouse corefile --flavour` with an unknown value.
     #[error("unknown CoreDNS flavour {0:?}; use kubeadm, k3s or rke2")]
     InvalidFlavour(String),
+    /// The export status file could not be written or read.
+    #[error("export status file {}: {source}", path.display())]
+    StatusFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A metric could not be registered or encoded.
     #[error("encode metrics: {0}")]
     Metrics(#[from] std::fmt::Error),

@@ -1,0 +1,801 @@
+//! The export agent: this cluster's ServiceExports, Services and
+//! EndpointSlices (from the cluster source) become its ServiceImport
+//! records in the cluster's own store, which the active gateway mirrors to
+//! the broker (Settled decision 1).
+//!
+//! [`plan_exports`] is pure: (local cluster, cluster state, the other
+//! clusters' ServiceImports, Globalnet's addresses) -> the records to
+//! publish and the MCS conditions of every ServiceExport. [`ExportAgent`]
+//! re-plans on every change of its inputs (and on a timer) and converges
+//! the store with `sync_owned`: a record is put when it differs, and a
+//! record of this cluster that no export wants any more (unexported,
+//! Service deleted, no longer valid) is deleted.
+//!
+//! Readiness: a ClusterSetIP export is published only while its Service has
+//! a ready endpoint, so other clusters' DNS answers leave out a cluster that
+//! could not serve (the records carry no readiness of their own). A headless
+//! export lists its ready endpoints only.
+//!
+//! Conditions for `causeway show exports` (and, on Kubernetes, the
+//! ServiceExport status): [`plan_exports`] computes them; the agent
+//! publishes the latest on a watch channel ([`ExportAgent::status`]) and,
+//! when given a path, in a JSON status file ([`read_status_file`]).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use causeway_api::mcs::McsCondition;
+use causeway_api::records::{
+    AnyRecord, ClusterId, HeadlessEndpoint, Kind, ObjectName, Protocol, ServiceImport,
+    ServiceImportType, ServicePort,
+};
+use causeway_api::source::{ClusterSource, ClusterState};
+use causeway_api::store::{RecordSet, Store, WatchEvent, sync_owned};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use crate::Error;
+
+/// An exported service: namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExportKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+}
+
+impl ExportKey {
+    /// `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ExportKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The global IPs Globalnet has allocated to this cluster's exports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GlobalIps {
+    /// The ingress global IP(s) of each exported ClusterSetIP service.
+    pub services: BTreeMap<ExportKey, Vec<IpAddr>>,
+    /// The global IP of each endpoint of an exported headless service, by
+    /// the endpoint's pod address.
+    pub endpoints: BTreeMap<ExportKey, BTreeMap<IpAddr, IpAddr>>,
+}
+
+/// The status of an MCS condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    /// `True`
+    True,
+    /// `False`
+    False,
+    /// `Unknown`
+    Unknown,
+}
+
+impl fmt::Display for ConditionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One condition of a ServiceExport.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    /// True, False or Unknown.
+    pub status: ConditionStatus,
+    /// The MCS reason (`NoService`, `Exported`, `TypeConflict`, ...).
+    pub reason: String,
+    /// What a user reads.
+    pub message: String,
+}
+
+impl Condition {
+    fn new(status: ConditionStatus, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The MCS conditions of one ServiceExport.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportStatus {
+    /// `Valid`: the Service exists and may be exported.
+    pub valid: Condition,
+    /// `Ready`: the ServiceImport record is published.
+    pub ready: Condition,
+    /// `Conflict`: another cluster's export of the name, which takes
+    /// precedence, disagrees on type or ports.
+    pub conflict: Condition,
+}
+
+impl ExportStatus {
+    fn invalid(reason: &str, message: String) -> Self {
+        Self {
+            valid: Condition::new(ConditionStatus::False, reason, message),
+            ready: Condition::new(
+                ConditionStatus::False,
+                "Failed",
+                "not exported: the export is not valid",
+            ),
+            conflict: Condition::new(
+                ConditionStatus::Unknown,
+                "NotExported",
+                "not checked: the export is not valid",
+            ),
+        }
+    }
+
+    /// The conditions as a ServiceExport's status holds them.
+    pub fn to_mcs(&self) -> Vec<McsCondition> {
+        [
+            ("Valid", &self.valid),
+            ("Ready", &self.ready),
+            ("Conflict", &self.conflict),
+        ]
+        .into_iter()
+        .map(|(ty, c)| McsCondition {
+            type_: ty.to_owned(),
+            status: c.status.to_string(),
+            last_transition_time: None,
+            reason: Some(c.reason.clone()),
+            message: Some(c.message.clone()),
+        })
+        .collect()
+    }
+}
+
+/// The conditions of every ServiceExport of the cluster.
+pub type ExportStatuses = BTreeMap<ExportKey, ExportStatus>;
+
+/// What the cluster should publish, and why.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExportPlan {
+    /// The ServiceImport records this cluster publishes.
+    pub imports: BTreeMap<ExportKey, ServiceImport>,
+    /// The conditions of every ServiceExport.
+    pub status: ExportStatuses,
+}
+
+impl ExportPlan {
+    /// The records, ready for `sync_owned`.
+    pub fn records(&self) -> Vec<AnyRecord> {
+        self.imports.values().cloned().map(Into::into).collect()
+    }
+}
+
+/// The order in which exports of one service take precedence (first wins).
+///
+/// The MCS API gives precedence to the oldest export. ServiceImport records
+/// carry no export time, so precedence falls to the lowest cluster id, which
+/// every cluster computes alike from the same records (the DNS feed uses the
+/// same order). When the records gain an export time, this is the one place
+/// to change.
+pub fn precedence(a: &ClusterId, b: &ClusterId) -> Ordering {
+    a.cmp(b)
+}
+
+/// What a valid export's Service offers, before addresses are chosen.
+#[derive(Debug)]
+struct Described {
+    kind: ServiceImportType,
+    ports: Vec<ServicePort>,
+    cluster_ips: Vec<IpAddr>,
+    /// Ready endpoints: pod address -> hostname.
+    ready: BTreeMap<IpAddr, Option<String>>,
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn parse_protocol(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        "SCTP" => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+fn port(
+    name: Option<&String>,
+    protocol: Option<&String>,
+    number: i32,
+) -> Result<ServicePort, String> {
+    let protocol = parse_protocol(protocol.map(String::as_str))
+        .ok_or_else(|| format!("port {number} has unknown protocol {protocol:?}"))?;
+    let port = u16::try_from(number)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("port {number} is out of range"))?;
+    Ok(ServicePort {
+        name: name.filter(|n| !n.is_empty()).cloned(),
+        protocol,
+        port,
+    })
+}
+
+/// Checks the export's Service and reads what it offers; `Err` is the
+/// `Valid=False` reason and message.
+fn describe(
+    state: &ClusterState,
+    ns: &str,
+    name: &str,
+) -> Result<Described, (&'static str, String)> {
+    let id = format!("{ns}/{name}");
+    if let Err(e) = ObjectName::new(ns).and_then(|_| ObjectName::new(name)) {
+        return Err(("InvalidName", format!("{id} cannot be exported: {e}")));
+    }
+    let Some(service) = state.services.get(&(ns.to_owned(), name.to_owned())) else {
+        return Err((
+            "NoService",
+            format!("Service {id} does not exist; create it, or delete the ServiceExport"),
+        ));
+    };
+    let spec = service.spec.clone().unwrap_or_default();
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Err((
+            "InvalidServiceType",
+            format!("Service {id} is of type ExternalName, which cannot be exported"),
+        ));
+    }
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    let cluster_ips = cluster_ips(service);
+    let mut ports = BTreeSet::new();
+    for p in spec.ports.iter().flatten() {
+        let p = port(p.name.as_ref(), p.protocol.as_ref(), p.port)
+            .map_err(|e| ("InvalidServicePort", format!("Service {id}: {e}")))?;
+        ports.insert(p);
+    }
+    let mut slice_ports = BTreeSet::new();
+    let mut ready: BTreeMap<IpAddr, Option<String>> = BTreeMap::new();
+    for slice in state.slices_of(ns, name) {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        for p in slice.ports.iter().flatten() {
+            if let Some(number) = p.port
+                && let Ok(p) = port(p.name.as_ref(), p.protocol.as_ref(), number)
+            {
+                slice_ports.insert(p);
+            }
+        }
+        for endpoint in &slice.endpoints {
+            // Kubernetes: an unknown readiness is ready.
+            let is_ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            let Some(address) = endpoint.addresses.first().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            if !is_ready {
+                continue;
+            }
+            let hostname = endpoint
+                .hostname
+                .as_ref()
+                .filter(|h| is_dns_label(h))
+                .cloned();
+            let slot = ready.entry(address).or_default();
+            if slot.is_none() {
+                *slot = hostname;
+            }
+        }
+    }
+    // Clients of a headless service connect to the pods themselves, so
+    // its SRV records carry the endpoints' ports where the slices say.
+    if headless && !slice_ports.is_empty() {
+        ports = slice_ports;
+    }
+    Ok(Described {
+        kind: if headless {
+            ServiceImportType::Headless
+        } else {
+            ServiceImportType::ClusterSetIP
+        },
+        ports: ports.into_iter().collect(),
+        cluster_ips,
+        ready,
+    })
+}
+
+fn cluster_ips(service: &Service) -> Vec<IpAddr> {
+    let Some(spec) = &service.spec else {
+        return Vec::new();
+    };
+    let listed: Vec<&String> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().collect(),
+        _ => spec.cluster_ip.iter().collect(),
+    };
+    listed.into_iter().filter_map(|s| s.parse().ok()).collect()
+}
+
+fn same_port(a: &ServicePort, b: &ServicePort) -> bool {
+    a.port == b.port && a.protocol == b.protocol
+}
+
+/// MCS port conflict: one name (the empty name included) for different
+/// port/protocol pairs, or one pair under different names.
+fn ports_clash(a: &ServicePort, b: &ServicePort) -> bool {
+    (a.name == b.name) != same_port(a, b)
+}
+
+fn describe_port(p: &ServicePort) -> String {
+    format!(
+        "{}{}/{:?}",
+        p.name
+            .as_deref()
+            .map(|n| format!("{n}="))
+            .unwrap_or_default(),
+        p.port,
+        p.protocol
+    )
+}
+
+/// The `Conflict` condition of `local`'s export against `others` (exports
+/// of the same service by other clusters).
+fn conflict(
+    local: &ClusterId,
+    kind: ServiceImportType,
+    ports: &[ServicePort],
+    others: &[&ServiceImport],
+) -> Condition {
+    let mut contenders: Vec<(&ClusterId, ServiceImportType, &[ServicePort])> = others
+        .iter()
+        .filter(|o| o.cluster != *local)
+        .map(|o| (&o.cluster, o.kind, o.ports.as_slice()))
+        .collect();
+    contenders.push((local, kind, ports));
+    contenders.sort_by(|a, b| precedence(a.0, b.0));
+    let (winner, winning_kind, _) = contenders[0];
+    let mut reasons = Vec::new();
+    let mut messages = Vec::new();
+    if kind != winning_kind {
+        reasons.push("TypeConflict");
+        messages.push(format!(
+            "type {kind:?} conflicts with {winning_kind:?} of cluster {winner}'s export, which takes precedence"
+        ));
+    }
+    // The import's ports, merged in precedence order up to this export; a
+    // port that clashes with one merged before it is left out.
+    let mut merged: Vec<(&ClusterId, &ServicePort)> = Vec::new();
+    for (cluster, _, cluster_ports) in &contenders {
+        if *cluster == local {
+            let clashes: Vec<String> = ports
+                .iter()
+                .filter_map(|p| {
+                    merged
+                        .iter()
+                        .find(|(_, m)| ports_clash(p, m))
+                        .map(|(c, m)| {
+                            format!(
+                                "port {} clashes with {} of cluster {c}",
+                                describe_port(p),
+                                describe_port(m)
+                            )
+                        })
+                })
+                .collect();
+            if !clashes.is_empty() {
+                reasons.push("PortConflict");
+                messages.push(format!(
+                    "{}; those clusters' exports take precedence",
+                    clashes.join(", ")
+                ));
+            }
+            break;
+        }
+        for p in *cluster_ports {
+            if !merged.iter().any(|(_, m)| ports_clash(p, m) || **m == *p) {
+                merged.push((cluster, p));
+            }
+        }
+    }
+    if reasons.is_empty() {
+        Condition::new(
+            ConditionStatus::False,
+            "NoConflicts",
+            if winner == local {
+                "this export takes precedence".to_owned()
+            } else {
+                format!("agrees with cluster {winner}'s export, which takes precedence")
+            },
+        )
+    } else {
+        Condition::new(
+            ConditionStatus::True,
+            &reasons.join(","),
+            messages.join("; "),
+        )
+    }
+}
+
+/// The record for a described export, or the `Ready=False` reason and
+/// message while it cannot be published yet.
+fn publish(
+    local: &ClusterId,
+    key: &ExportKey,
+    d: &Described,
+    globalnet: Option<&GlobalIps>,
+) -> Result<(ServiceImport, String), (&'static str, String)> {
+    let namespace =
+        ObjectName::new(key.namespace.as_str()).map_err(|e| ("Failed", e.to_string()))?;
+    let name = ObjectName::new(key.name.as_str()).map_err(|e| ("Failed", e.to_string()))?;
+    let mut record = ServiceImport {
+        cluster: local.clone(),
+        namespace,
+        name,
+        kind: d.kind,
+        ports: d.ports.clone(),
+        addresses: Vec::new(),
+        cluster_ips: Vec::new(),
+        endpoints: Vec::new(),
+    };
+    let note = match d.kind {
+        ServiceImportType::ClusterSetIP => {
+            if d.cluster_ips.is_empty() {
+                return Err(("Pending", format!("Service {key} has no ClusterIP yet")));
+            }
+            if d.ready.is_empty() {
+                return Err((
+                    "NoReadyEndpoints",
+                    format!(
+                        "Service {key} has no ready endpoint; it is published once one is ready"
+                    ),
+                ));
+            }
+            record.cluster_ips = d.cluster_ips.clone();
+            record.addresses = match globalnet {
+                None => d.cluster_ips.clone(),
+                Some(g) => match g.services.get(key).filter(|a| !a.is_empty()) {
+                    Some(addresses) => addresses.clone(),
+                    None => {
+                        return Err((
+                            "Pending",
+                            format!("waiting for Globalnet to allocate a global IP to {key}"),
+                        ));
+                    }
+                },
+            };
+            format!("{} ready endpoint(s)", d.ready.len())
+        }
+        ServiceImportType::Headless => {
+            let globals = globalnet.map(|g| g.endpoints.get(key));
+            let mut waiting = 0;
+            for (pod, hostname) in &d.ready {
+                let address = match globals {
+                    None => *pod,
+                    Some(map) => match map.and_then(|m| m.get(pod)) {
+                        Some(global) => *global,
+                        None => {
+                            waiting += 1;
+                            continue;
+                        }
+                    },
+                };
+                record.endpoints.push(HeadlessEndpoint {
+                    hostname: hostname.clone(),
+                    address,
+                    local_address: *pod,
+                });
+            }
+            if waiting > 0 && record.endpoints.is_empty() {
+                return Err((
+                    "Pending",
+                    format!(
+                        "waiting for Globalnet to allocate global IPs to {waiting} endpoint(s) of {key}"
+                    ),
+                ));
+            }
+            if waiting > 0 {
+                format!(
+                    "{} ready endpoint(s); {waiting} more await a global IP",
+                    record.endpoints.len()
+                )
+            } else {
+                format!("{} ready endpoint(s)", record.endpoints.len())
+            }
+        }
+    };
+    AnyRecord::from(record.clone())
+        .validate()
+        .map_err(|e| ("Failed", e.to_string()))?;
+    Ok((record, note))
+}
+
+/// Plans cluster `local`'s ServiceImport records and the conditions of its
+/// ServiceExports. `others` are the ServiceImports in the store (this
+/// cluster's own are skipped); `globalnet` is `None` when Globalnet is off,
+/// else the global IPs allocated so far (an export without one is not
+/// published yet).
+pub fn plan_exports<'a>(
+    local: &ClusterId,
+    state: &ClusterState,
+    others: impl IntoIterator<Item = &'a ServiceImport>,
+    globalnet: Option<&GlobalIps>,
+) -> ExportPlan {
+    let mut by_service: BTreeMap<(&str, &str), Vec<&ServiceImport>> = BTreeMap::new();
+    for import in others {
+        if import.cluster != *local {
+            by_service
+                .entry((import.namespace.as_str(), import.name.as_str()))
+                .or_default()
+                .push(import);
+        }
+    }
+    let mut plan = ExportPlan::default();
+    for (ns, name) in state.service_exports.keys() {
+        let key = ExportKey::new(ns.as_str(), name.as_str());
+        let status = match describe(state, ns, name) {
+            Err((reason, message)) => ExportStatus::invalid(reason, message),
+            Ok(d) => {
+                let others = by_service
+                    .get(&(ns.as_str(), name.as_str()))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let conflict = conflict(local, d.kind, &d.ports, others);
+                let ready = match publish(local, &key, &d, globalnet) {
+                    Ok((record, note)) => {
+                        plan.imports.insert(key.clone(), record);
+                        Condition::new(
+                            ConditionStatus::True,
+                            "Exported",
+                            format!("published as a {:?} ServiceImport: {note}", d.kind),
+                        )
+                    }
+                    Err((reason, message)) => {
+                        Condition::new(ConditionStatus::False, reason, message)
+                    }
+                };
+                ExportStatus {
+                    valid: Condition::new(
+                        ConditionStatus::True,
+                        "Valid",
+                        format!("Service {key} exists"),
+                    ),
+                    ready,
+                    conflict,
+                }
+            }
+        };
+        plan.status.insert(key, status);
+    }
+    plan
+}
+
+/// How the export agent runs.
+#[derive(Debug, Clone)]
+pub struct ExportAgentOptions {
+    /// Globalnet's allocations; `None` when Globalnet is off.
+    pub globalnet: Option<watch::Receiver<Arc<GlobalIps>>>,
+    /// Re-plan and converge this often even without a change.
+    pub resync_interval: Duration,
+    /// Retry this soon after the store refused a write.
+    pub retry_interval: Duration,
+    /// Write the conditions here as JSON (for `causeway show exports`).
+    pub status_file: Option<PathBuf>,
+}
+
+impl Default for ExportAgentOptions {
+    fn default() -> Self {
+        Self {
+            globalnet: None,
+            resync_interval: Duration::from_secs(30),
+            retry_interval: Duration::from_secs(1),
+            status_file: None,
+        }
+    }
+}
+
+/// The export agent of one cluster (run by the active gateway).
+pub struct ExportAgent {
+    state: watch::Receiver<Arc<ClusterState>>,
+    store: Arc<dyn Store>,
+    local: ClusterId,
+    options: ExportAgentOptions,
+    status: watch::Sender<Arc<ExportStatuses>>,
+}
+
+impl ExportAgent {
+    /// An agent publishing `local`'s exports from `source` into `store`.
+    pub fn new(
+        source: &dyn ClusterSource,
+        store: Arc<dyn Store>,
+        local: ClusterId,
+        options: ExportAgentOptions,
+    ) -> Self {
+        Self {
+            state: source.state(),
+            store,
+            local,
+            options,
+            status: watch::channel(Arc::new(ExportStatuses::new())).0,
+        }
+    }
+
+    /// The conditions of the last plan.
+    pub fn status(&self) -> watch::Receiver<Arc<ExportStatuses>> {
+        self.status.subscribe()
+    }
+
+    /// Runs until `cancel` fires. Records stay in the store when it stops:
+    /// the next active gateway adopts them, and DNS answers go on.
+    #[instrument(name = "export_agent", skip_all, fields(cluster = %self.local))]
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut imports = RecordSet::default();
+        let mut watch = self.store.watch(Some(Kind::ServiceImport), None);
+        let mut globalnet_open = self.options.globalnet.is_some();
+        let mut source_open = true;
+        let mut next = Instant::now();
+        info!("export agent started");
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                changed = self.state.changed(), if source_open => {
+                    source_open = changed.is_ok();
+                }
+                ev = watch.next() => match ev {
+                    Some(ev) => {
+                        imports.apply(ev);
+                        drain(&mut watch, &mut imports);
+                    }
+                    None => {
+                        warn!("store watch ended; watching again");
+                        let from = imports.is_synced().then(|| imports.revision());
+                        watch = self.store.watch(Some(Kind::ServiceImport), from);
+                    }
+                },
+                changed = async {
+                    match self.options.globalnet.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if globalnet_open => {
+                    // When Globalnet stops, its last addresses stand.
+                    globalnet_open = changed.is_ok();
+                }
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            next = Instant::now() + self.reconcile(&imports).await;
+        }
+        info!("export agent stopped");
+    }
+
+    /// One plan-and-converge pass; returns when to run again at the latest.
+    async fn reconcile(&self, imports: &RecordSet) -> Duration {
+        let state = self.state.borrow().clone();
+        if !state.synced || !imports.is_synced() {
+            // Nothing is withdrawn on the strength of an unread source.
+            return self.options.retry_interval;
+        }
+        let globalnet = self
+            .options
+            .globalnet
+            .as_ref()
+            .map(|rx| rx.borrow().clone());
+        let others: Vec<ServiceImport> = imports
+            .typed::<ServiceImport>()
+            .filter(|i| i.cluster != self.local)
+            .collect();
+        let plan = plan_exports(&self.local, &state, &others, globalnet.as_deref());
+        let status = Arc::new(plan.status.clone());
+        if *self.status.borrow() != status {
+            self.status.send_replace(status.clone());
+            if let Some(path) = &self.options.status_file
+                && let Err(error) = write_status_file(path, &status)
+            {
+                warn!(%error, "write export status file");
+            }
+        }
+        match sync_owned(
+            &*self.store,
+            imports,
+            &self.local,
+            Kind::ServiceImport,
+            &plan.records(),
+        )
+        .await
+        {
+            Ok(0) => self.options.resync_interval,
+            Ok(changes) => {
+                info!(
+                    changes,
+                    published = plan.imports.len(),
+                    "ServiceImport records converged"
+                );
+                self.options.resync_interval
+            }
+            Err(error) => {
+                warn!(%error, "publish ServiceImport records; retrying");
+                self.options.retry_interval
+            }
+        }
+    }
+}
+
+/// Takes every event already waiting on `watch`.
+fn drain(watch: &mut futures::stream::BoxStream<'static, WatchEvent>, set: &mut RecordSet) {
+    while let Some(Some(ev)) = futures::FutureExt::now_or_never(watch.next()) {
+        set.apply(ev);
+    }
+}
+
+/// Runs the export agent of cluster `local` with default options until
+/// `cancel` fires.
+pub async fn run_export_agent(
+    source: &dyn ClusterSource,
+    store: Arc<dyn Store>,
+    local: ClusterId,
+    cancel: CancellationToken,
+) {
+    ExportAgent::new(source, store, local, ExportAgentOptions::default())
+        .run(cancel)
+        .await;
+}
+
+/// Writes `status` to `path` as JSON (`{"ns/name": {valid, ready,
+/// conflict}}`), through a temporary file and a rename so a reader never
+/// sees half of it.
+pub fn write_status_file(path: &Path, status: &ExportStatuses) -> Result<(), Error> {
+    let by_name: BTreeMap<String, &ExportStatus> =
+        status.iter().map(|(k, s)| (k.to_string(), s)).collect();
+    let text = serde_json::to_string_pretty(&by_name).map_err(|e| Error::StatusFile {
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| Error::StatusFile {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Reads a status file the agent wrote: `namespace/name` -> conditions.
+pub fn read_status_file(path: &Path) -> Result<BTreeMap<String, ExportStatus>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::StatusFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::StatusFile {
+        path: path.to_owned(),
+        source: e.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,679 @@
+use std::time::Instant as StdInstant;
+
+use causeway_api::FakeStore;
+use causeway_api::source::{Manifest, ManifestDirSource, parse_manifests};
+
+use super::*;
+
+fn id(s: &str) -> ClusterId {
+    ClusterId::new(s).unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A synced cluster state from manifests.
+fn state(yaml: &str) -> ClusterState {
+    let mut s = ClusterState {
+        synced: true,
+        ..ClusterState::default()
+    };
+    for m in parse_manifests(yaml).unwrap() {
+        match m {
+            Manifest::Service(o) => {
+                let k = (
+                    o.metadata.namespace.clone().unwrap(),
+                    o.metadata.name.clone().unwrap(),
+                );
+                s.services.insert(k, *o);
+            }
+            Manifest::EndpointSlice(o) => {
+                let k = (
+                    o.metadata.namespace.clone().unwrap(),
+                    o.metadata.name.clone().unwrap(),
+                );
+                s.endpoint_slices.insert(k, *o);
+            }
+            Manifest::ServiceExport(o) => {
+                let k = (
+                    o.metadata.namespace.clone().unwrap(),
+                    o.metadata.name.clone().unwrap(),
+                );
+                s.service_exports.insert(k, *o);
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+const EXPORT_WEB: &str = "
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: web, namespace: default}
+";
+
+const WEB: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+";
+
+const WEB_READY: &str = "
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+  - addresses: [10.244.1.5]
+    conditions: {ready: true}
+  - addresses: [10.244.1.6]
+    conditions: {ready: false}
+ports: [{name: http, port: 8080, protocol: TCP}]
+";
+
+const WEB_NOT_READY: &str = "
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+  - addresses: [10.244.1.6]
+    conditions: {ready: false}
+";
+
+const WEB_EXTERNAL: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {type: ExternalName, externalName: example.com}
+";
+
+const WEB_HEADLESS: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: None
+  ports: [{name: http, port: 80, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+  - addresses: [10.244.1.5]
+    hostname: web-0
+    conditions: {ready: true}
+  - addresses: [10.244.1.6]
+    hostname: web-1
+    conditions: {ready: false}
+  - addresses: [10.244.2.7]
+ports: [{name: http, port: 8080, protocol: TCP}]
+";
+
+fn join(parts: &[&str]) -> String {
+    parts.join("\n---\n")
+}
+
+fn key() -> ExportKey {
+    ExportKey::new("default", "web")
+}
+
+fn http(port: u16) -> ServicePort {
+    ServicePort {
+        name: Some("http".into()),
+        protocol: Protocol::Tcp,
+        port,
+    }
+}
+
+/// A published record: (addresses, cluster IPs, endpoints as (hostname,
+/// address, pod address)).
+type Published = (
+    Vec<&'static str>,
+    Vec<&'static str>,
+    Vec<(Option<&'static str>, &'static str, &'static str)>,
+);
+
+#[test]
+fn plan_table() {
+    let global = GlobalIps {
+        services: [(key(), vec![ip("242.0.0.10")])].into(),
+        endpoints: [(key(), [(ip("10.244.1.5"), ip("242.0.0.20"))].into())].into(),
+    };
+    struct Case {
+        name: &'static str,
+        yaml: String,
+        globalnet: Option<GlobalIps>,
+        /// (Valid, Ready) reasons.
+        reasons: (&'static str, &'static str),
+        /// What the published record holds.
+        record: Option<Published>,
+    }
+    let cases = vec![
+        Case {
+            name: "export without a Service",
+            yaml: join(&[EXPORT_WEB]),
+            globalnet: None,
+            reasons: ("NoService", "Failed"),
+            record: None,
+        },
+        Case {
+            name: "ExternalName",
+            yaml: join(&[EXPORT_WEB, WEB_EXTERNAL]),
+            globalnet: None,
+            reasons: ("InvalidServiceType", "Failed"),
+            record: None,
+        },
+        Case {
+            name: "ClusterIP service with a ready endpoint",
+            yaml: join(&[EXPORT_WEB, WEB, WEB_READY]),
+            globalnet: None,
+            reasons: ("Valid", "Exported"),
+            record: Some((vec!["10.96.0.10"], vec!["10.96.0.10"], vec![])),
+        },
+        Case {
+            name: "ClusterIP service without a ready endpoint",
+            yaml: join(&[EXPORT_WEB, WEB, WEB_NOT_READY]),
+            globalnet: None,
+            reasons: ("Valid", "NoReadyEndpoints"),
+            record: None,
+        },
+        Case {
+            name: "ClusterIP service without endpoint slices",
+            yaml: join(&[EXPORT_WEB, WEB]),
+            globalnet: None,
+            reasons: ("Valid", "NoReadyEndpoints"),
+            record: None,
+        },
+        Case {
+            name: "Globalnet without a global IP yet",
+            yaml: join(&[EXPORT_WEB, WEB, WEB_READY]),
+            globalnet: Some(GlobalIps::default()),
+            reasons: ("Valid", "Pending"),
+            record: None,
+        },
+        Case {
+            name: "Globalnet with a global IP",
+            yaml: join(&[EXPORT_WEB, WEB, WEB_READY]),
+            globalnet: Some(global.clone()),
+            reasons: ("Valid", "Exported"),
+            record: Some((vec!["242.0.0.10"], vec!["10.96.0.10"], vec![])),
+        },
+        Case {
+            name: "headless: ready endpoints only, hostname or none",
+            yaml: join(&[EXPORT_WEB, WEB_HEADLESS]),
+            globalnet: None,
+            reasons: ("Valid", "Exported"),
+            record: Some((
+                vec![],
+                vec![],
+                vec![
+                    (Some("web-0"), "10.244.1.5", "10.244.1.5"),
+                    (None, "10.244.2.7", "10.244.2.7"),
+                ],
+            )),
+        },
+        Case {
+            name: "headless under Globalnet: endpoints with a global IP",
+            yaml: join(&[EXPORT_WEB, WEB_HEADLESS]),
+            globalnet: Some(global.clone()),
+            reasons: ("Valid", "Exported"),
+            record: Some((
+                vec![],
+                vec![],
+                vec![(Some("web-0"), "242.0.0.20", "10.244.1.5")],
+            )),
+        },
+        Case {
+            name: "headless under Globalnet: no global IP yet",
+            yaml: join(&[EXPORT_WEB, WEB_HEADLESS]),
+            globalnet: Some(GlobalIps::default()),
+            reasons: ("Valid", "Pending"),
+            record: None,
+        },
+        Case {
+            name: "a Service that is not exported",
+            yaml: join(&[WEB, WEB_READY]),
+            globalnet: None,
+            reasons: ("", ""),
+            record: None,
+        },
+    ];
+    for case in cases {
+        let plan = plan_exports(&id("a"), &state(&case.yaml), [], case.globalnet.as_ref());
+        let Some(status) = plan.status.get(&key()) else {
+            assert_eq!(case.reasons, ("", ""), "{}: no status", case.name);
+            assert!(plan.imports.is_empty(), "{}", case.name);
+            continue;
+        };
+        assert_eq!(
+            (status.valid.reason.as_str(), status.ready.reason.as_str()),
+            case.reasons,
+            "{}: {status:?}",
+            case.name
+        );
+        let valid = case.reasons.0 == "Valid";
+        assert_eq!(
+            status.valid.status,
+            if valid {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            },
+            "{}",
+            case.name
+        );
+        match (plan.imports.get(&key()), case.record) {
+            (None, None) => {
+                assert_eq!(status.ready.status, ConditionStatus::False, "{}", case.name)
+            }
+            (Some(r), Some((addresses, cluster_ips, endpoints))) => {
+                assert_eq!(status.ready.status, ConditionStatus::True, "{}", case.name);
+                assert_eq!(status.conflict.reason, "NoConflicts", "{}", case.name);
+                assert_eq!(r.cluster, id("a"));
+                let ips = |v: Vec<&str>| v.into_iter().map(ip).collect::<Vec<_>>();
+                assert_eq!(r.addresses, ips(addresses), "{}", case.name);
+                assert_eq!(r.cluster_ips, ips(cluster_ips), "{}", case.name);
+                let want: Vec<HeadlessEndpoint> = endpoints
+                    .into_iter()
+                    .map(|(h, a, l)| HeadlessEndpoint {
+                        hostname: h.map(str::to_owned),
+                        address: ip(a),
+                        local_address: ip(l),
+                    })
+                    .collect();
+                assert_eq!(r.endpoints, want, "{}", case.name);
+                // Headless services carry the endpoints' ports.
+                let port = if r.kind == ServiceImportType::Headless {
+                    8080
+                } else {
+                    80
+                };
+                assert_eq!(r.ports, [http(port)], "{}", case.name);
+                AnyRecord::from(r.clone()).validate().unwrap();
+            }
+            (got, want) => panic!("{}: got {got:?}, want {want:?}", case.name),
+        }
+    }
+}
+
+#[test]
+fn a_missing_service_says_what_to_do() {
+    let plan = plan_exports(&id("a"), &state(EXPORT_WEB), [], None);
+    let status = &plan.status[&key()];
+    assert!(
+        status.valid.message.contains("default/web does not exist"),
+        "{status:?}"
+    );
+    let mcs = status.to_mcs();
+    let types: Vec<_> = mcs
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status.as_str()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("Valid", "False"),
+            ("Ready", "False"),
+            ("Conflict", "Unknown")
+        ]
+    );
+}
+
+fn import(cluster: &str, kind: ServiceImportType, ports: Vec<ServicePort>) -> ServiceImport {
+    let headless = kind == ServiceImportType::Headless;
+    ServiceImport {
+        cluster: id(cluster),
+        namespace: ObjectName::new("default").unwrap(),
+        name: ObjectName::new("web").unwrap(),
+        kind,
+        ports,
+        addresses: if headless {
+            vec![]
+        } else {
+            vec![ip("242.1.0.10")]
+        },
+        cluster_ips: if headless {
+            vec![]
+        } else {
+            vec![ip("10.96.0.10")]
+        },
+        endpoints: vec![],
+    }
+}
+
+fn port(name: Option<&str>, number: u16, protocol: Protocol) -> ServicePort {
+    ServicePort {
+        name: name.map(str::to_owned),
+        protocol,
+        port: number,
+    }
+}
+
+/// (case, local cluster, local type, local ports, other exports, reason)
+type ConflictCase = (
+    &'static str,
+    &'static str,
+    ServiceImportType,
+    Vec<ServicePort>,
+    Vec<ServiceImport>,
+    &'static str,
+);
+
+#[test]
+fn conflict_table() {
+    use ServiceImportType::{ClusterSetIP, Headless};
+    let tcp = Protocol::Tcp;
+    let cases: Vec<ConflictCase> = vec![
+        (
+            "alone",
+            "c",
+            ClusterSetIP,
+            vec![http(80)],
+            vec![],
+            "NoConflicts",
+        ),
+        (
+            "agreeing",
+            "c",
+            ClusterSetIP,
+            vec![http(80)],
+            vec![import("b", ClusterSetIP, vec![http(80)])],
+            "NoConflicts",
+        ),
+        (
+            "type differs, the other takes precedence",
+            "c",
+            Headless,
+            vec![http(80)],
+            vec![import("b", ClusterSetIP, vec![http(80)])],
+            "TypeConflict",
+        ),
+        (
+            "type differs, this one takes precedence",
+            "a",
+            Headless,
+            vec![http(80)],
+            vec![import("b", ClusterSetIP, vec![http(80)])],
+            "NoConflicts",
+        ),
+        (
+            "same name, other number",
+            "c",
+            ClusterSetIP,
+            vec![http(8080)],
+            vec![import("b", ClusterSetIP, vec![http(80)])],
+            "PortConflict",
+        ),
+        (
+            "same number, other name",
+            "c",
+            ClusterSetIP,
+            vec![port(Some("web"), 80, tcp)],
+            vec![import("b", ClusterSetIP, vec![http(80)])],
+            "PortConflict",
+        ),
+        (
+            "unnamed ports with different numbers",
+            "c",
+            ClusterSetIP,
+            vec![port(None, 8080, tcp)],
+            vec![import("b", ClusterSetIP, vec![port(None, 80, tcp)])],
+            "PortConflict",
+        ),
+        (
+            "an extra port is a union, not a conflict",
+            "c",
+            ClusterSetIP,
+            vec![http(80), port(Some("metrics"), 9090, tcp)],
+            vec![import("b", ClusterSetIP, vec![http(80)])],
+            "NoConflicts",
+        ),
+        (
+            "same port over UDP under the same name",
+            "c",
+            ClusterSetIP,
+            vec![port(Some("http"), 80, Protocol::Udp)],
+            vec![import("b", ClusterSetIP, vec![http(80)])],
+            "PortConflict",
+        ),
+        (
+            "both type and ports",
+            "c",
+            Headless,
+            vec![http(81)],
+            vec![import("b", ClusterSetIP, vec![http(80)])],
+            "TypeConflict,PortConflict",
+        ),
+        (
+            "a later cluster's ports do not count",
+            "b",
+            ClusterSetIP,
+            vec![http(80)],
+            vec![import("c", ClusterSetIP, vec![http(8080)])],
+            "NoConflicts",
+        ),
+        (
+            "our own record in the store is not a contender",
+            "c",
+            ClusterSetIP,
+            vec![http(80)],
+            vec![import("c", Headless, vec![http(8080)])],
+            "NoConflicts",
+        ),
+    ];
+    for (name, local, kind, ports, others, reason) in cases {
+        let others: Vec<&ServiceImport> = others.iter().collect();
+        let c = conflict(&id(local), kind, &ports, &others);
+        assert_eq!(c.reason, reason, "{name}: {c:?}");
+        let want = if reason == "NoConflicts" {
+            ConditionStatus::False
+        } else {
+            ConditionStatus::True
+        };
+        assert_eq!(c.status, want, "{name}");
+        if c.status == ConditionStatus::True {
+            assert!(c.message.contains("cluster b"), "{name}: {}", c.message);
+        }
+    }
+}
+
+#[test]
+fn a_conflicting_export_is_still_published() {
+    let others = [import("a", ServiceImportType::Headless, vec![http(80)])];
+    let plan = plan_exports(
+        &id("b"),
+        &state(&join(&[EXPORT_WEB, WEB, WEB_READY])),
+        &others,
+        None,
+    );
+    assert_eq!(plan.status[&key()].conflict.reason, "TypeConflict");
+    assert_eq!(plan.status[&key()].ready.reason, "Exported");
+    assert!(plan.imports.contains_key(&key()));
+}
+
+/// Writes `text` to `dir/name` whole (the source skips dot files).
+fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = StdInstant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn published(store: &FakeStore) -> Vec<ServiceImport> {
+    store
+        .list(Some(Kind::ServiceImport))
+        .await
+        .unwrap()
+        .records
+        .into_iter()
+        .filter_map(|r| ServiceImport::try_from(r).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_agent_publishes_and_withdraws_from_a_manifest_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let source = ManifestDirSource::spawn(
+        dir.path().to_owned(),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let store = FakeStore::new();
+    // Another cluster's export of another service stays untouched.
+    let theirs = ServiceImport {
+        name: ObjectName::new("db").unwrap(),
+        ..import("b", ServiceImportType::ClusterSetIP, vec![http(5432)])
+    };
+    store.put(&theirs.clone().into()).await.unwrap();
+    let status_file = dir.path().join("status").join("exports.json");
+    std::fs::create_dir(status_file.parent().unwrap()).unwrap();
+    let agent = ExportAgent::new(
+        &source,
+        Arc::new(store.clone()),
+        id("a"),
+        ExportAgentOptions {
+            status_file: Some(status_file.clone()),
+            ..ExportAgentOptions::default()
+        },
+    );
+    let mut status = agent.status();
+    let task = tokio::spawn(agent.run(cancel.clone()));
+
+    write(dir.path(), "web.yaml", &join(&[WEB, WEB_READY]));
+    write(dir.path(), "export.yaml", EXPORT_WEB);
+    let record = eventually("web published", async || {
+        published(&store)
+            .await
+            .into_iter()
+            .find(|r| r.cluster == id("a"))
+    })
+    .await;
+    assert_eq!(record.kind, ServiceImportType::ClusterSetIP);
+    assert_eq!(record.addresses, [ip("10.96.0.10")]);
+    assert_eq!(record.ports, [http(80)]);
+    let file = eventually("status file", async || {
+        read_status_file(&status_file).ok().filter(|s| {
+            s.get("default/web")
+                .is_some_and(|s| s.ready.reason == "Exported")
+        })
+    })
+    .await;
+    assert_eq!(file["default/web"].valid.status, ConditionStatus::True);
+    status.changed().await.unwrap();
+    assert!(status.borrow().contains_key(&key()));
+
+    // The Service goes: the record is withdrawn and the export says why.
+    std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
+    eventually("web withdrawn, Service gone", async || {
+        let gone = published(&store).await.iter().all(|r| r.cluster != id("a"));
+        let said = status
+            .borrow()
+            .get(&key())
+            .is_some_and(|s| s.valid.reason == "NoService");
+        (gone && said).then_some(())
+    })
+    .await;
+
+    // It comes back, then the export goes: withdrawn again.
+    write(dir.path(), "web.yaml", &join(&[WEB, WEB_READY]));
+    eventually("web published again", async || {
+        published(&store)
+            .await
+            .iter()
+            .find(|r| r.cluster == id("a"))
+            .map(|_| ())
+    })
+    .await;
+    std::fs::remove_file(dir.path().join("export.yaml")).unwrap();
+    eventually("web unexported", async || {
+        let left = published(&store).await;
+        left.iter().all(|r| r.cluster != id("a")).then_some(left)
+    })
+    .await;
+    assert_eq!(
+        published(&store).await,
+        [theirs],
+        "b's record is not ours to touch"
+    );
+    assert!(status.borrow().is_empty());
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("agent stops on cancel")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_agent_waits_for_globalnet_and_retries_an_unavailable_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    write(dir.path(), "web.yaml", &join(&[EXPORT_WEB, WEB, WEB_READY]));
+    let source = ManifestDirSource::spawn(
+        dir.path().to_owned(),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let store = FakeStore::new();
+    let (global_tx, global_rx) = watch::channel(Arc::new(GlobalIps::default()));
+    let agent = ExportAgent::new(
+        &source,
+        Arc::new(store.clone()),
+        id("a"),
+        ExportAgentOptions {
+            globalnet: Some(global_rx),
+            retry_interval: Duration::from_millis(50),
+            ..ExportAgentOptions::default()
+        },
+    );
+    let status = agent.status();
+    let task = tokio::spawn(agent.run(cancel.clone()));
+    eventually("pending on Globalnet", async || {
+        status
+            .borrow()
+            .get(&key())
+            .is_some_and(|s| s.ready.reason == "Pending")
+            .then_some(())
+    })
+    .await;
+    assert!(published(&store).await.is_empty());
+
+    store.set_unavailable(true);
+    global_tx.send_replace(Arc::new(GlobalIps {
+        services: [(key(), vec![ip("242.0.0.10")])].into(),
+        ..GlobalIps::default()
+    }));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    store.set_unavailable(false);
+    let record = eventually("published with the global IP", async || {
+        published(&store).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(record.addresses, [ip("242.0.0.10")]);
+    assert_eq!(record.cluster_ips, [ip("10.96.0.10")]);
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("agent stops on cancel")
+        .unwrap();
+}
