@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::store::EtcdConfig;
+use crate::store::{EtcdConfig, EtcdTls};
 
 /// A running etcd for one test. Killed (and its data removed) on drop.
 #[derive(Debug)]
@@ -19,6 +19,7 @@ pub struct EtcdFixture {
     client_port: u16,
     peer_port: u16,
     extra: Vec<String>,
+    tls: Option<EtcdTls>,
 }
 
 fn free_port() -> u16 {
@@ -42,19 +43,128 @@ impl EtcdFixture {
             client_port: free_port(),
             peer_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: None,
         };
+        f.spawn().await;
+        f
+    }
+
+    /// Starts etcd serving clients over TLS and requiring client
+    /// certificates (mutual TLS), with a CA and certificates made by
+    /// `openssl` in the temp dir. [`Self::config`] carries the client side.
+    pub async fn start_tls() -> Self {
+        let mut f = Self {
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            extra: Vec::new(),
+            tls: None,
+        };
+        let d = f.dir.path().to_path_buf();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&d)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=causeway-test-ca",
+            ],
+        ]
+        .concat());
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("write ext.cnf");
+        for who in ["server", "client"] {
+            let (key, csr, crt) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.crt"),
+            );
+            run(&[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={who}"),
+                ],
+            ]
+            .concat());
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "1",
+                "-extfile",
+                "ext.cnf",
+            ]);
+        }
+        let p = |n: &str| d.join(n).display().to_string();
+        f.extra = vec![
+            format!("--cert-file={}", p("server.crt")),
+            format!("--key-file={}", p("server.key")),
+            format!("--trusted-ca-file={}", p("ca.crt")),
+            "--client-cert-auth".into(),
+        ];
+        f.tls = Some(EtcdTls {
+            ca_file: Some(d.join("ca.crt")),
+            client_cert: Some((d.join("client.crt"), d.join("client.key"))),
+            domain: None,
+        });
         f.spawn().await;
         f
     }
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
-    /// A store config for this etcd (no credentials).
+    /// A store config for this etcd (no credentials; TLS when it serves TLS).
     pub fn config(&self) -> EtcdConfig {
-        EtcdConfig::new([self.endpoint()])
+        let mut c = EtcdConfig::new([self.endpoint()]);
+        c.tls = self.tls.clone();
+        c
     }
 
     /// Kills etcd (SIGKILL), keeping its data.
@@ -106,11 +216,8 @@ impl EtcdFixture {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(Ok(mut c)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                etcd_client::Client::connect([self.endpoint()], None),
-            )
-            .await
+            if let Ok(Ok(mut c)) =
+                tokio::time::timeout(Duration::from_secs(1), self.config().connect()).await
                 && let Ok(Ok(_)) =
                     tokio::time::timeout(Duration::from_secs(1), c.get("/ready-probe", None)).await
             {

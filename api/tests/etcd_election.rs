@@ -227,3 +227,34 @@ async fn restart_within_the_ttl_reattaches_to_the_lease() {
     stop.store(true, Ordering::Relaxed);
     mon.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_etcd_restart_keeps_one_active_at_most() {
+    init_tracing();
+    let mut etcd = EtcdFixture::start().await;
+    let ep = etcd.endpoint();
+    let a = candidate(&ep, "a", 2000).await;
+    wait_for(&mut a.active(), true, Duration::from_secs(3)).await;
+    let b = candidate(&ep, "b", 2000).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mon = monitor(vec![a.active(), b.active()], stop.clone());
+
+    etcd.restart().await;
+    // Within a few TTLs exactly one candidate is active again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = [&a, &b].iter().filter(|c| *c.active().borrow()).count();
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no candidate active after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(!mon.await.unwrap(), "two actives around an etcd restart");
+    assert_eq!([&a, &b].iter().filter(|c| *c.active().borrow()).count(), 1);
+}

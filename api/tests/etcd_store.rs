@@ -165,3 +165,24 @@ async fn refused_records_are_skipped() {
     assert!(set.is_empty(), "{set:?}");
     assert!(store.list(None).await.unwrap().records.is_empty());
 }
+
+#[tokio::test]
+async fn mutual_tls() {
+    init_tracing();
+    let etcd = EtcdFixture::start_tls().await;
+    assert!(etcd.endpoint().starts_with("https://"));
+    let store = EtcdStore::connect(&etcd.config()).await.unwrap();
+    store.put(&endpoint("a", 1)).await.unwrap();
+    assert_eq!(store.list(None).await.unwrap().records.len(), 1);
+
+    // Without a client certificate the server refuses.
+    let mut no_cert = etcd.config();
+    no_cert.tls.as_mut().unwrap().client_cert = None;
+    let refused = async { EtcdStore::connect(&no_cert).await?.list(None).await };
+    assert!(refused.await.is_err());
+    // Without the CA the client refuses the server.
+    let mut no_ca = etcd.config();
+    no_ca.tls.as_mut().unwrap().ca_file = None;
+    let refused = async { EtcdStore::connect(&no_ca).await?.list(None).await };
+    assert!(refused.await.is_err());
+}

@@ -62,7 +62,8 @@ impl FakeStore {
         }
     }
 
-    /// Makes every call fail with [`Error::Unavailable`] (watches stall) until reset.
+    /// Makes put, delete and list fail with [`Error::Unavailable`] until
+    /// reset (open watches stay open and deliver nothing new meanwhile).
     pub fn set_unavailable(&self, unavailable: bool) {
         self.lock().unavailable = unavailable;
     }
@@ -278,6 +279,40 @@ mod tests {
         assert!(set.is_synced());
         let names: Vec<_> = set.keys().map(|k| k.cluster.to_string()).collect();
         assert_eq!(names, ["b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn reflect_publishes_the_folded_state() {
+        let store = FakeStore::new();
+        store.put(&sample_endpoint("a").into()).await.unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut rx = crate::store::reflect(
+            std::sync::Arc::new(store.clone()),
+            Some(Kind::Endpoint),
+            cancel.clone(),
+        );
+        let wait = |rx: &mut tokio::sync::watch::Receiver<std::sync::Arc<RecordSet>>, n: usize| {
+            let mut rx = rx.clone();
+            async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    rx.wait_for(|s| s.is_synced() && s.len() == n),
+                )
+                .await
+                .expect("state in time")
+                .unwrap()
+                .clone()
+            }
+        };
+        wait(&mut rx, 1).await;
+        store.put(&sample_endpoint("b").into()).await.unwrap();
+        let s = wait(&mut rx, 2).await;
+        let ids: Vec<String> = s
+            .typed::<crate::records::Endpoint>()
+            .map(|e| e.cluster.to_string())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        cancel.cancel();
     }
 
     #[tokio::test]
