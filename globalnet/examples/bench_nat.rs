@@ -86,10 +86,18 @@ fn main() {
     let t = Instant::now();
     let p_more = plan(&input_more);
     let planned = t.elapsed();
+    let t = Instant::now();
+    let probe = causeway_globalnet::nft::diff_from_plan(&p_more, &p);
+    let diffed = t.elapsed();
+    eprintln!(
+        "one more: diff alone {:.1} ms ({} ops)",
+        ms(diffed),
+        probe.ops.len()
+    );
     rows.reset();
     let t = Instant::now();
     let out = applier
-        .reconcile_incremental(&p_more)
+        .reconcile_incremental(p_more)
         .expect("add one export");
     let nft_one = t.elapsed();
     let s = out.batch.summary();

@@ -71,35 +71,48 @@ impl<B: Backend> Applier<B> {
     #[tracing::instrument(skip_all, fields(table = %plan.name))]
     pub fn reconcile(&self, plan: &Table) -> Result<ApplyOutcome, Error> {
         let observed = self.backend.observe(plan.family, &plan.name)?;
-        self.apply_batch(plan, diff(plan, observed.as_ref()))
+        let out = self.apply_batch(plan, diff(plan, observed.as_ref()))?;
+        self.remember(plan.clone());
+        Ok(out)
     }
 
     /// Like [`Applier::reconcile`], but diffs against the plan this applier
-    /// last applied instead of listing the table (listing 10,000 chains
+    /// last applied instead of listing the table (listing 10,000 exports
     /// costs far more than adding one). Lists the table when nothing is
     /// cached, and again when the transaction fails because the table
     /// drifted; drift that does not make it fail waits for the next
-    /// [`Applier::reconcile`].
+    /// [`Applier::reconcile`]. Takes the plan by value to keep it as the
+    /// cache without copying it.
     #[tracing::instrument(skip_all, fields(table = %plan.name))]
-    pub fn reconcile_incremental(&self, plan: &Table) -> Result<ApplyOutcome, Error> {
+    pub fn reconcile_incremental(&self, plan: Table) -> Result<ApplyOutcome, Error> {
         let key = (plan.family, plan.name.clone());
         let batch = {
             let last = self.last.lock().expect("lock");
             match last.get(&key) {
-                Some(prev) => diff_from_plan(plan, prev),
+                Some(prev) => diff_from_plan(&plan, prev),
                 None => {
                     drop(last);
-                    return self.reconcile(plan);
+                    return self.reconcile(&plan);
                 }
             }
         };
-        match self.apply_batch(plan, batch) {
-            Ok(out) => Ok(out),
+        match self.apply_batch(&plan, batch) {
+            Ok(out) => {
+                if out.changed() {
+                    self.remember(plan);
+                }
+                Ok(out)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "incremental update failed; resyncing from the live table");
-                self.reconcile(plan)
+                self.reconcile(&plan)
             }
         }
+    }
+
+    fn remember(&self, plan: Table) {
+        let key = (plan.family, plan.name.clone());
+        self.last.lock().expect("lock").insert(key, plan);
     }
 
     fn apply_batch(&self, plan: &Table, batch: Batch) -> Result<ApplyOutcome, Error> {
@@ -121,7 +134,6 @@ impl<B: Backend> Applier<B> {
                 return Err(e);
             }
         }
-        self.last.lock().expect("lock").insert(key, plan.clone());
         Ok(ApplyOutcome { batch })
     }
 
@@ -172,21 +184,21 @@ mod tests {
     fn incremental_trusts_its_own_last_write() {
         let a = Applier::new(FakeNft::new());
         a.reconcile(&plan(1)).unwrap();
-        let out = a.reconcile_incremental(&plan(2)).unwrap();
+        let out = a.reconcile_incremental(plan(2)).unwrap();
         assert_eq!(out.batch.summary().elements_added, 1);
         assert!(out.batch.summary().only_elements());
-        assert!(!a.reconcile_incremental(&plan(2)).unwrap().changed());
+        assert!(!a.reconcile_incremental(plan(2)).unwrap().changed());
         assert_eq!(a.backend().applied().len(), 2);
     }
 
     #[test]
     fn incremental_resyncs_when_the_table_drifted() {
         let a = Applier::new(FakeNft::new());
-        a.reconcile_incremental(&plan(1)).unwrap();
+        a.reconcile_incremental(plan(1)).unwrap();
         // The table vanished behind the applier's back: the cached diff
         // (add one element) fails, and a full resync recreates everything.
         a.backend().set_table(Family::Ip, "t", None);
-        let out = a.reconcile_incremental(&plan(2)).unwrap();
+        let out = a.reconcile_incremental(plan(2)).unwrap();
         assert_eq!(out.batch.ops[0], Op::AddTable);
         assert_eq!(
             a.backend().dump(Family::Ip, "t"),

@@ -602,7 +602,7 @@ fn ingress_spreads_across_endpoints_and_follows_them() {
     i.services[0].ports[0]
         .endpoints
         .remove(&ep("10.244.1.5:8080"));
-    applier.reconcile_incremental(&plan(&i)).unwrap();
+    applier.reconcile_incremental(plan(&i)).unwrap();
     let pods = tcp_local_echo(
         lab.client.name(),
         vec!["10.244.1.5:8080", "10.244.1.6:8080"],

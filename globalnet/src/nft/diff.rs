@@ -333,6 +333,50 @@ fn add_rules(name: &str, chain: &Chain, ops: &mut Vec<Op>) {
     }
 }
 
+type Elements = BTreeMap<Value, Option<Value>>;
+
+/// Keys to delete (gone, or whose value changed) and elements to add, in
+/// one ordered pass over both maps (tens of thousands of elements).
+fn element_changes(have: &Elements, want: &Elements) -> (Vec<Value>, Vec<(Value, Option<Value>)>) {
+    use std::cmp::Ordering;
+    let mut stale = Vec::new();
+    let mut missing = Vec::new();
+    let mut h = have.iter().peekable();
+    let mut w = want.iter().peekable();
+    loop {
+        match (h.peek(), w.peek()) {
+            (None, None) => break,
+            (Some((hk, _)), None) => {
+                stale.push((*hk).clone());
+                h.next();
+            }
+            (None, Some((wk, wv))) => {
+                missing.push(((*wk).clone(), (*wv).clone()));
+                w.next();
+            }
+            (Some((hk, hv)), Some((wk, wv))) => match hk.cmp(wk) {
+                Ordering::Less => {
+                    stale.push((*hk).clone());
+                    h.next();
+                }
+                Ordering::Greater => {
+                    missing.push(((*wk).clone(), (*wv).clone()));
+                    w.next();
+                }
+                Ordering::Equal => {
+                    if hv != wv {
+                        stale.push((*hk).clone());
+                        missing.push(((*wk).clone(), (*wv).clone()));
+                    }
+                    h.next();
+                    w.next();
+                }
+            },
+        }
+    }
+    (stale, missing)
+}
+
 fn update(plan: &Table, have: Have<'_>, ops: &mut Vec<Op>) {
     // 1. New chains and sets.
     for (name, chain) in &plan.chains {
@@ -356,23 +400,16 @@ fn update(plan: &Table, have: Have<'_>, ops: &mut Vec<Op>) {
     for (name, set) in &plan.sets {
         let empty = BTreeMap::new();
         let have_elems = have.sets().get(name).map_or(&empty, |s| &s.elements);
-        let stale: Vec<Value> = have_elems
-            .iter()
-            .filter(|(k, v)| set.elements.get(*k) != Some(*v))
-            .map(|(k, _)| k.clone())
-            .collect();
+        if *have_elems == set.elements {
+            continue;
+        }
+        let (stale, missing) = element_changes(have_elems, &set.elements);
         if !stale.is_empty() {
             ops.push(Op::DeleteElements {
                 set: name.clone(),
                 keys: stale,
             });
         }
-        let missing: Vec<(Value, Option<Value>)> = set
-            .elements
-            .iter()
-            .filter(|(k, v)| have_elems.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         if !missing.is_empty() {
             ops.push(Op::AddElements {
                 set: name.clone(),
