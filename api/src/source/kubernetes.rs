@@ -161,6 +161,14 @@ fn spawn_kind<K>(
             let ev = match ev {
                 None => return,
                 Some(Ok(ev)) => ev,
+                Some(Err(watcher::Error::InitialListFailed(kube::Error::Api(s))))
+                    if s.code == 404 && !fold.synced =>
+                {
+                    // The kind is not installed (no MCS CRD): nothing of it
+                    // exists, which must not hold back `synced`.
+                    warn!(kind = %K::kind(&K::DynamicType::default()), "kind not served by the API server; treating it as empty");
+                    watcher::Event::InitDone
+                }
                 Some(Err(e)) => {
                     warn!(kind = %K::kind(&K::DynamicType::default()), error = %e, "watch failed; retrying with backoff");
                     continue;

@@ -16,8 +16,9 @@ fn list(api_version: &str, kind: &str, items: serde_json::Value) -> Vec<u8> {
 }
 
 /// Serves list and watch requests for the five kinds until the test ends.
-/// The first EndpointSlice watch delivers one ADDED event.
-async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) {
+/// The first EndpointSlice watch delivers one ADDED event. Without `mcs`,
+/// the ServiceExport kind answers 404, as when its CRD is not installed.
+async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, mcs: bool) {
     let mut slice_watches = 0;
     let mut paths = std::collections::BTreeSet::new();
     while let Some((req, send)) = handle.next_request().await {
@@ -56,6 +57,21 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
                     "EndpointSlice",
                     serde_json::json!([]),
                 ),
+                "/apis/multicluster.x-k8s.io/v1alpha1/serviceexports" if !mcs => {
+                    send.send_response(
+                        Response::builder()
+                            .status(404)
+                            .body(Body::from(
+                                serde_json::to_vec(&serde_json::json!({
+                                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                                    "status": "Failure", "reason": "NotFound", "code": 404,
+                                    "message": "the server could not find the requested resource"}))
+                                .unwrap(),
+                            ))
+                            .unwrap(),
+                    );
+                    continue;
+                }
                 "/apis/multicluster.x-k8s.io/v1alpha1/serviceexports" => list(
                     "multicluster.x-k8s.io/v1alpha1",
                     "ServiceExport",
@@ -85,9 +101,27 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
 }
 
 #[tokio::test]
+async fn without_the_mcs_crd_exports_are_empty_and_the_rest_syncs() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, false));
+    let cancel = CancellationToken::new();
+    let src = KubeSource::spawn(Client::new(svc, "default"), cancel.clone());
+    let mut rx = src.state();
+    let s = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s.synced))
+        .await
+        .expect("synced without the MCS CRD")
+        .unwrap()
+        .clone();
+    cancel.cancel();
+    server.abort();
+    assert!(s.service_exports.is_empty());
+    assert_eq!(s.services.len(), 1);
+}
+
+#[tokio::test]
 async fn lists_then_watches_every_kind() {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(serve(handle));
+    let server = tokio::spawn(serve(handle, true));
     let client = Client::new(svc, "default");
     let cancel = CancellationToken::new();
     let src = KubeSource::spawn(client, cancel.clone());
