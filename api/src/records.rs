@@ -7,6 +7,8 @@
 //! cluster that owns it (see [`RecordKey`]). [`decode`] checks the envelope,
 //! the record's own invariants and that the record names the same cluster as
 //! its key, so a malformed or foreign record is refused before anyone uses it.
+//! Unknown fields are ignored: a writer may add an optional field within one
+//! envelope version; anything an older reader would misread bumps the version.
 
 mod codec;
 mod ids;

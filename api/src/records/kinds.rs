@@ -88,7 +88,7 @@ impl fmt::Display for RecordKey {
 
 /// A cluster of the clusterset and the address space it brings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Cluster {
     /// The cluster's id.
     pub id: ClusterId,
@@ -117,7 +117,7 @@ pub enum CableBackend {
 
 /// The active gateway of a cluster, as its peers need to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// The cluster this gateway serves.
     pub cluster: ClusterId,
@@ -172,7 +172,7 @@ pub enum Protocol {
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     /// Port name (needed for SRV records), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,7 +187,7 @@ pub struct ServicePort {
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HeadlessEndpoint {
     /// Hostname (a StatefulSet pod's name), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,7 +200,7 @@ pub struct HeadlessEndpoint {
 
 /// One exported service of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceImport {
     /// The exporting cluster.
     pub cluster: ClusterId,
@@ -240,7 +240,7 @@ pub enum ConnectionState {
 
 /// Round-trip statistics of health probes, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RttStats {
     /// Last probe.
     pub last_us: u64,
@@ -254,7 +254,7 @@ pub struct RttStats {
 
 /// What cluster `cluster`'s active gateway reports about peer `peer`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ConnectionStatus {
     /// The reporting cluster.
     pub cluster: ClusterId,
