@@ -10,11 +10,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use causeway_api::election::{ElectionConfig, Elector, EtcdElector};
 use causeway_api::records::{CableBackend, ClusterId, GlobalCidr};
+use causeway_api::source::{ClusterSource, ManifestDirSource};
 use causeway_api::store::{EtcdConfig, EtcdStore, Store};
 use causeway_gateway::cable::embedded::EmbeddedCable;
 use causeway_gateway::cable::mtu::{Family, tunnel_mtu};
 use causeway_gateway::cable::wgctrl::WgctrlCable;
 use causeway_gateway::cable::{Cable, InterfaceName, KeyPair};
+use causeway_gateway::engine::globalnet::GlobalnetConfig;
 use causeway_gateway::engine::kernel::KernelDatapath;
 use causeway_gateway::engine::{Gateway, GatewayConfig, GatewayState};
 use clap::{Args, ValueEnum};
@@ -72,10 +74,18 @@ pub struct GatewayArgs {
     /// The cluster's global CIDR: turns Globalnet on.
     #[arg(long)]
     pub global_cidr: Option<GlobalCidr>,
-    /// This gateway's address inside the tunnel: its global IP with
-    /// Globalnet, else an unused address of its node's pod slice.
+    /// This gateway's address inside the tunnel: an unused address of its
+    /// node's pod slice. With Globalnet it is the gateway's global IP, which
+    /// Globalnet allocates, and this flag is not needed.
     #[arg(long)]
-    pub tunnel_ip: IpAddr,
+    pub tunnel_ip: Option<IpAddr>,
+    /// How many egress global IPs Globalnet SNATs the cluster's traffic to.
+    #[arg(long, default_value_t = causeway_globalnet::ipam::DEFAULT_EGRESS_POOL)]
+    pub egress_pool: usize,
+    /// Read the cluster's Services, EndpointSlices and ServiceExports from
+    /// this directory of Kubernetes manifests.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub cable: CableFlag,
     /// The WireGuard interface.
@@ -135,6 +145,32 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
             CableBackend::Userspace,
         ),
     };
+    let tunnel_ip = match (args.tunnel_ip, args.global_cidr) {
+        (Some(ip), _) => ip,
+        // IPAM gives the gateway the first address of the global CIDR.
+        (None, Some(g)) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(g.net().network()) + 1)),
+        (None, None) => bail!(
+            "--tunnel-ip is needed without Globalnet: give an unused address of this node's pod slice"
+        ),
+    };
+    let globalnet = args.global_cidr.map(|g| GlobalnetConfig {
+        cidr: g.net(),
+        egress_pool: args.egress_pool,
+        local_sources: args
+            .pod_cidrs
+            .iter()
+            .chain(&args.service_cidrs)
+            .chain(&args.node_cidrs)
+            .filter_map(|n| match n {
+                IpNet::V4(n) => Some(*n),
+                IpNet::V6(_) => None,
+            })
+            .collect(),
+        mtu: mtu.min(u32::from(u16::MAX)) as u16,
+    });
+    if globalnet.is_some() && args.manifests.is_none() {
+        bail!("Globalnet needs the cluster's Services and ServiceExports: pass --manifests DIR");
+    }
     let config = GatewayConfig {
         cluster: args.cluster.clone(),
         node: args.node.clone(),
@@ -144,13 +180,14 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         key,
         backend,
         mtu,
-        tunnel_ip: args.tunnel_ip,
+        tunnel_ip,
         pod_cidrs: args.pod_cidrs,
         service_cidrs: args.service_cidrs,
         node_cidrs: args.node_cidrs,
         global_cidr: args.global_cidr,
         keepalive: 10,
         resync: Duration::from_secs(10),
+        globalnet,
     };
     tracing::info!(cluster = %config.cluster, node = %config.node, backend = ?backend, mtu, "gateway starting");
 
@@ -171,11 +208,20 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     ));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
+    let source: Option<Arc<dyn ClusterSource>> = args.manifests.clone().map(|dir| {
+        Arc::new(ManifestDirSource::spawn(
+            dir,
+            Duration::from_millis(200),
+            shutdown.clone(),
+        )) as Arc<dyn ClusterSource>
+    });
+    let (nat_tx, nat_rx) = watch::channel(None);
     let datapath = KernelDatapath::new(
         interface,
-        args.tunnel_ip,
+        tunnel_ip,
         args.global_cidr.map(|g| IpNet::V4(g.net())),
         mtu.min(u32::from(u16::MAX)) as u16,
+        nat_rx,
     );
     let gateway = Arc::new(Gateway {
         config,
@@ -185,6 +231,8 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         datapath: Arc::new(datapath),
         state: watch::channel(GatewayState::default()).0,
         health: watch::channel(None).0,
+        source,
+        nat: nat_tx,
     });
     gateway.run(elector, shutdown).await?;
     tracing::info!("gateway stopped");

@@ -189,12 +189,6 @@ fn start_gateways(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
     let secrets = state.secrets_dir(&cluster.name);
     let global = global_cidr(state, &cluster.name)?;
     for node in cluster.nodes.iter().filter(|n| n.is_gateway_candidate()) {
-        // The tunnel address: the cluster's gateway global IP under Globalnet,
-        // else the last address of the node's own pod slice.
-        let tunnel_ip = match &global {
-            Some(g) => nth_last(g.parse::<ipnet::Ipv4Net>()?, 1),
-            None => nth_last(node.pod_slice, 1),
-        };
         let lease = state
             .dir()
             .join(format!("{}-{}.lease", cluster.name, node.name));
@@ -209,7 +203,6 @@ fn start_gateways(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
             format!("--pod-cidr={}", cluster.pod_cidr),
             format!("--service-cidr={}", cluster.service_cidr),
             format!("--node-cidr={}", cluster.node_cidr),
-            format!("--tunnel-ip={tunnel_ip}"),
             "--cable=userspace".to_owned(),
             "--lease-ttl=1".to_owned(),
             format!("--lease-file={}", lease.display()),
@@ -217,8 +210,18 @@ fn start_gateways(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
         if let Some(wan) = node.wan_ip {
             args.push(format!("--public-ip={wan}"));
         }
-        if let Some(g) = &global {
-            args.push(format!("--global-cidr={g}"));
+        match &global {
+            // Globalnet gives the gateway its tunnel address and reads the
+            // cluster's exports from its manifests.
+            Some(g) => {
+                args.push(format!("--global-cidr={g}"));
+                args.push(format!(
+                    "--manifests={}",
+                    state.manifests_dir(&cluster.name).display()
+                ));
+            }
+            // The tunnel address: the last address of the node's own pod slice.
+            None => args.push(format!("--tunnel-ip={}", nth_last(node.pod_slice, 1))),
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let target = format!("{}/{}", cluster.name, node.name);
@@ -591,6 +594,49 @@ pub fn start_gateway(name: &LabName, target: &str) -> Result<i32> {
         &args,
     )?;
     Ok(state.processes.last().map(|p| p.pid).unwrap_or_default())
+}
+
+/// `causeway lab export CLUSTER NAMESPACE/NAME`: writes a ServiceExport
+/// manifest into the cluster's manifest directory, as `kubectl apply` would.
+pub fn export(name: &LabName, cluster: &str, service: &str, unexport: bool) -> Result<PathBuf> {
+    let state = load(name)?;
+    let plan = state
+        .plan
+        .cluster(cluster)
+        .ok_or_else(|| anyhow!("lab {name} has no cluster {cluster}"))?;
+    let Some((namespace, svc)) = service.split_once('/') else {
+        bail!("{service:?} is not NAMESPACE/NAME (for example default/web)");
+    };
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if !valid(namespace) || !valid(svc) {
+        bail!("{service:?} is not a valid NAMESPACE/NAME: use lower-case letters, digits and '-'");
+    }
+    let file = state
+        .manifests_dir(&plan.name)
+        .join(format!("serviceexport-{namespace}-{svc}.yaml"));
+    if unexport {
+        match fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("{service} is not exported from {cluster}")
+            }
+            Err(e) => return Err(e).with_context(|| format!("remove {}", file.display())),
+        }
+        return Ok(file);
+    }
+    let manifest = format!(
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: {svc}\n  namespace: {namespace}\n"
+    );
+    // Written whole then renamed: the cluster source never reads half a file.
+    let tmp = file.with_extension("tmp");
+    fs::write(&tmp, manifest).with_context(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, &file).with_context(|| format!("write {}", file.display()))?;
+    Ok(file)
 }
 
 /// What `causeway lab status` reports.

@@ -173,6 +173,18 @@ enum LabCmd {
         /// CLUSTER/NODE, for example b/node-0.
         target: String,
     },
+    /// Export a Service of a cluster (writes a ServiceExport manifest).
+    Export {
+        #[command(flatten)]
+        lab: LabName_,
+        /// The cluster, for example b.
+        cluster: String,
+        /// NAMESPACE/NAME of the Service, for example default/web.
+        service: String,
+        /// Remove the export instead.
+        #[arg(long)]
+        unexport: bool,
+    },
     /// The HTTP echo server the lab's web pods run.
     Echo {
         #[arg(long)]
@@ -311,6 +323,20 @@ fn run_lab(cmd: LabCmd) -> Result<()> {
             Ok(())
         }
         LabCmd::Demo { lab, keep } => lab::demo::run(lab.name, keep),
+        LabCmd::Export {
+            lab,
+            cluster,
+            service,
+            unexport,
+        } => {
+            let file = lab::export(&lab.name, &cluster, &service, unexport)?;
+            let verb = if unexport { "unexported" } else { "exported" };
+            println!(
+                "{verb} {service} from cluster {cluster} ({})",
+                file.display()
+            );
+            Ok(())
+        }
         LabCmd::Kill { lab, target } => {
             let pid = lab::signal_gateway(&lab.name, &target, Signal::SIGKILL)?;
             println!("killed the gateway on {target} (pid {pid})");

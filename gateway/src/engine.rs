@@ -11,6 +11,7 @@
 //! peer from the device before anything else (settled decision 4). A clean
 //! stop resigns, so a standby takes over at once.
 
+pub mod globalnet;
 pub mod kernel;
 pub mod mirror;
 
@@ -34,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cable::plan::{LocalKind, LocalNetworks, RemoteEndpoint, diff_peers, plan_peers};
 use crate::cable::{Cable, DeviceSpec, KeyPair, PublicKey};
 use crate::health::{self, HealthView, Prober, ProberConfig, Responder, StatusChange};
+use causeway_api::records::ServiceImport;
+use causeway_api::source::ClusterSource;
+use globalnet::{GlobalnetConfig, NatPlan};
 
 /// What one gateway candidate is, and what its cluster owns.
 #[derive(Debug, Clone)]
@@ -62,6 +66,8 @@ pub struct GatewayConfig {
     pub keepalive: u16,
     /// How often the datapath is re-converged without any event (drift repair).
     pub resync: Duration,
+    /// Globalnet, when the cluster has a global CIDR.
+    pub globalnet: Option<GlobalnetConfig>,
 }
 
 impl GatewayConfig {
@@ -169,6 +175,10 @@ pub struct Gateway {
     pub state: watch::Sender<GatewayState>,
     /// Every peer's health while active (for metrics and diagnostics).
     pub health: watch::Sender<Option<HealthView<ClusterId>>>,
+    /// The cluster's Services, EndpointSlices and ServiceExports (Globalnet's input).
+    pub source: Option<Arc<dyn ClusterSource>>,
+    /// Globalnet's latest plan while active (the datapath programs it).
+    pub nat: watch::Sender<Option<NatPlan>>,
 }
 
 impl Gateway {
@@ -309,6 +319,7 @@ impl Gateway {
             )),
             tokio::spawn(self.clone().converge_loop(peers_tx, stop.clone())),
             tokio::spawn(self.clone().record_health(changes_rx)),
+            tokio::spawn(self.clone().plan_globalnet(stop.clone())),
         ];
         for task in tasks {
             let _ = task.await;
@@ -327,6 +338,7 @@ impl Gateway {
         let mut written: BTreeMap<PublicKey, SocketAddr> = BTreeMap::new();
         let mut statuses: BTreeMap<String, (ConnectionState, Option<String>)> = BTreeMap::new();
         let mut tick = tokio::time::interval(self.config.resync);
+        let mut nat = self.nat.subscribe();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -334,6 +346,7 @@ impl Gateway {
                     Some(ev) => endpoints.apply(ev),
                     None => return,
                 },
+                _ = nat.changed() => {}
                 _ = tick.tick() => {}
             }
             if !endpoints.is_synced() {
@@ -471,6 +484,45 @@ impl Gateway {
             s.refused = converged.refused.clone();
         });
         *last = now;
+    }
+
+    /// Keeps Globalnet's plan current while active: on every change of the
+    /// cluster's exports and of its own ServiceImport records.
+    async fn plan_globalnet(self: Arc<Self>, stop: CancellationToken) {
+        let (Some(config), Some(source)) = (self.config.globalnet.clone(), self.source.clone())
+        else {
+            return;
+        };
+        let mut state = source.state();
+        let mut events = self.local.watch(Some(Kind::ServiceImport), None);
+        let mut imports = RecordSet::default();
+        loop {
+            let snapshot = state.borrow_and_update().clone();
+            if snapshot.synced && imports.is_synced() {
+                let own: Vec<ServiceImport> = imports
+                    .typed::<ServiceImport>()
+                    .filter(|i| i.cluster == self.config.cluster)
+                    .collect();
+                let plan = globalnet::plan(&config, &snapshot, &own);
+                for (export, reason) in &plan.errors {
+                    tracing::warn!(%export, %reason, "cannot serve an export");
+                }
+                self.nat.send_if_modified(|old| {
+                    let changed = old.as_ref() != Some(&plan);
+                    *old = Some(plan);
+                    changed
+                });
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = state.changed() => if r.is_err() { break },
+                ev = events.next() => match ev {
+                    Some(ev) => imports.apply(ev),
+                    None => break,
+                },
+            }
+        }
+        self.nat.send_replace(None);
     }
 
     /// Writes each health state change of a peer to the cluster's store

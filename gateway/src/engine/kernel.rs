@@ -14,6 +14,7 @@ use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::AddressAttribute;
 
 use super::Datapath;
+use super::globalnet::NatPlan;
 use crate::cable::InterfaceName;
 use crate::routes::netlink::NetlinkRoutes;
 use crate::routes::{GATEWAY_PROTOCOL, RouteApplier, gateway_plan};
@@ -54,6 +55,8 @@ pub struct KernelDatapath {
     pub mtu: u16,
     routes: Arc<RouteApplier<NetlinkRoutes>>,
     nft: Arc<Applier<NftCli>>,
+    /// Globalnet's plan, when Globalnet is on and this gateway active.
+    nat: tokio::sync::watch::Receiver<Option<NatPlan>>,
 }
 
 impl KernelDatapath {
@@ -62,6 +65,7 @@ impl KernelDatapath {
         tunnel_ip: IpAddr,
         global_cidr: Option<IpNet>,
         mtu: u16,
+        nat: tokio::sync::watch::Receiver<Option<NatPlan>>,
     ) -> Self {
         Self {
             interface,
@@ -70,6 +74,7 @@ impl KernelDatapath {
             mtu,
             routes: Arc::new(RouteApplier::new(NetlinkRoutes::new(), GATEWAY_PROTOCOL)),
             nft: Arc::new(Applier::new(NftCli::new())),
+            nat,
         }
     }
 
@@ -133,7 +138,24 @@ impl Datapath for KernelDatapath {
             self.global_cidr,
         );
         let routes = self.routes.clone();
-        let table = tunnel_table(subnets, self.mtu);
+        let nat = self.nat.borrow().clone();
+        let table = match nat {
+            // Globalnet: NAT between local addresses and the global CIDRs of the peers.
+            Some(nat) => {
+                let mut input = nat.input;
+                input.table = GATEWAY_TABLE.to_owned();
+                input.remote_globals = subnets
+                    .iter()
+                    .filter_map(|n| match n {
+                        IpNet::V4(n) => Some(*n),
+                        IpNet::V6(_) => None,
+                    })
+                    .collect();
+                causeway_globalnet::ruleset::plan(&input)
+            }
+            None if self.global_cidr.is_some() => return Ok(()),
+            None => tunnel_table(subnets, self.mtu),
+        };
         let nft = self.nft.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             routes.reconcile(&plan).map_err(|e| e.to_string())?;

@@ -1,0 +1,92 @@
+//! Globalnet on clusters with identical CIDRs (the lab's default): an
+//! exported service is reached on its global IP, DNATed straight to its
+//! ready endpoints, and the server sees one of the client cluster's egress
+//! global IPs.
+
+use std::collections::BTreeSet;
+
+use causeway_tests::{Lab, causeway, ok};
+
+/// The lab's clusters join in order, each taking the next free /16 of
+/// 242.0.0.0/8; IPAM gives the gateway .1, the egress pool .2-.9 and the
+/// first export .10.
+const B_WEB: &str = "http://242.1.0.10/";
+const A_WEB: &str = "http://242.0.0.10/";
+
+fn in_egress_pool(client: &str, cluster_octet: u8) -> bool {
+    let ip = client.rsplit_once(':').unwrap().0;
+    let octets: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+    octets[..3] == [242, cluster_octet, 0] && (2..=9).contains(&octets[3])
+}
+
+#[test]
+fn an_exported_service_answers_on_its_global_ip_from_the_other_cluster() {
+    let lab = Lab::up("gnet", &[]);
+    ok(
+        causeway(&["lab", "export", "--name", &lab.name, "b", "default/web"]),
+        "export b",
+    );
+    ok(
+        causeway(&["lab", "export", "--name", &lab.name, "a", "default/web"]),
+        "export a",
+    );
+
+    let mut pods = BTreeSet::new();
+    let first = lab.echo_eventually("a/client-0", B_WEB);
+    for _ in 0..12 {
+        let reply = lab.echo("a/client-0", B_WEB);
+        assert_eq!(reply["cluster"], "b", "{reply}");
+        let client = reply["client"].as_str().unwrap();
+        assert!(
+            in_egress_pool(client, 0),
+            "b saw {client}, not one of a's egress IPs"
+        );
+        pods.insert(reply["pod"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(first["cluster"], "b");
+    assert_eq!(
+        pods.len(),
+        2,
+        "requests spread over web-0 and web-1: {pods:?}"
+    );
+
+    // The other way round, from a pod on a gateway node.
+    let reply = lab.echo_eventually("b/web-0", A_WEB);
+    assert_eq!(reply["cluster"], "a");
+    assert!(
+        in_egress_pool(reply["client"].as_str().unwrap(), 1),
+        "{reply}"
+    );
+
+    // Inside a cluster nothing is translated.
+    let reply = lab.echo("a/client-0", "http://10.244.0.2:8080/");
+    assert_eq!(reply["cluster"], "a");
+    assert!(
+        reply["client"].as_str().unwrap().starts_with("10.244.2.2:"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn after_failover_the_same_global_ip_serves_the_same_service() {
+    let lab = Lab::up("gfail", &[]);
+    ok(
+        causeway(&["lab", "export", "--name", &lab.name, "b", "default/web"]),
+        "export b",
+    );
+    lab.echo_eventually("a/client-0", B_WEB);
+    let active = lab.status()["active_gateways"]["b"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(
+        causeway(&["lab", "kill", "--name", &lab.name, &format!("b/{active}")]),
+        "kill",
+    );
+    let reply = lab.echo_eventually("a/client-0", B_WEB);
+    assert_eq!(reply["cluster"], "b", "{reply}");
+    assert_ne!(
+        lab.status()["active_gateways"]["b"].as_str().unwrap(),
+        active
+    );
+}
