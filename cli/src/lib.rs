@@ -6,3 +6,4 @@ pub mod broker;
 pub mod daemon;
 pub mod lab;
 pub mod netns;
+pub mod show;

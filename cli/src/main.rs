@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use causeway_api::join::GlobalCidrRequest;
 use causeway_api::records::ClusterId;
+use causeway_api::records::Kind;
 use causeway_cli::lab::{self, plan::LabName, plan::LabSpec};
-use causeway_cli::{broker, daemon, netns};
+use causeway_cli::{broker, daemon, netns, show};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::{IpNet, Ipv4Net};
 use nix::sys::signal::Signal;
@@ -62,6 +63,11 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// What the clusterset looks like, from the broker's records.
+    Show {
+        #[command(subcommand)]
+        what: ShowCmd,
+    },
     /// Run a command inside a named network namespace (what `lab exec` and
     /// the lab's daemons go through).
     #[command(hide = true)]
@@ -74,6 +80,25 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<OsString>,
     },
+}
+
+#[derive(Subcommand)]
+enum ShowCmd {
+    /// Each cluster's active gateway: backend, public address, subnets.
+    Endpoints(ShowArgs),
+    /// What each active gateway reports about each peer.
+    Connections(ShowArgs),
+    /// Every exported service of every cluster and the address others use.
+    Exports(ShowArgs),
+}
+
+#[derive(Args)]
+struct ShowArgs {
+    /// The broker connection written by `causeway join`.
+    #[arg(long, env = "CAUSEWAY_BROKER_CONFIG")]
+    broker_config: PathBuf,
+    #[arg(short, long, value_enum, default_value = "text")]
+    output: Output,
 }
 
 #[derive(Subcommand)]
@@ -230,6 +255,40 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Lab(cmd) => run_lab(cmd),
+        Cmd::Show { what } => {
+            let (args, kind) = match &what {
+                ShowCmd::Endpoints(a) => (a, Kind::Endpoint),
+                ShowCmd::Connections(a) => (a, Kind::ConnectionStatus),
+                ShowCmd::Exports(a) => (a, Kind::ServiceImport),
+            };
+            let broker = broker::BrokerFile::load(&args.broker_config)?;
+            let records = runtime()?.block_on(show::list(&broker, kind))?;
+            let text = match (&what, args.output) {
+                (ShowCmd::Endpoints(_), Output::Text) => {
+                    show::render_endpoints(&show::endpoints(&records))
+                }
+                (ShowCmd::Connections(_), Output::Text) => {
+                    show::render_connections(&show::connections(&records))
+                }
+                (ShowCmd::Exports(_), Output::Text) => {
+                    show::render_imports(&show::imports(&records))
+                }
+                (ShowCmd::Endpoints(_), Output::Json) => {
+                    serde_json::to_string_pretty(&show::endpoints(&records))?
+                }
+                (ShowCmd::Connections(_), Output::Json) => {
+                    serde_json::to_string_pretty(&show::connections(&records))?
+                }
+                (ShowCmd::Exports(_), Output::Json) => {
+                    serde_json::to_string_pretty(&show::imports(&records))?
+                }
+            };
+            print!("{text}");
+            if matches!(args.output, Output::Json) {
+                println!();
+            }
+            Ok(())
+        }
         Cmd::Gateway(args) => runtime()?.block_on(daemon::gateway(*args)),
         Cmd::RouteAgent(args) => runtime()?.block_on(daemon::route_agent(args)),
         Cmd::Broker(BrokerCmd::Init {

@@ -76,6 +76,31 @@ fn outage(lab: &Lab, url: &str, disrupt: impl FnOnce()) -> std::time::Duration {
     panic!("{url} still fails 30 s after the active gateway went away");
 }
 
+/// `causeway show endpoints -o json`, run on a/node-0 as an operator would.
+fn show_endpoints(lab: &Lab) -> serde_json::Value {
+    let bin = causeway_tests::causeway_bin().display().to_string();
+    let config = format!(
+        "/run/causeway/lab/{}/clusters/a/secrets/broker.json",
+        lab.name
+    );
+    let out = ok(
+        lab.exec(
+            "a/node-0",
+            &[
+                &bin,
+                "show",
+                "endpoints",
+                "-o",
+                "json",
+                "--broker-config",
+                &config,
+            ],
+        ),
+        "show endpoints",
+    );
+    serde_json::from_str(&out).expect("JSON")
+}
+
 fn active_gateway(lab: &Lab, cluster: &str) -> String {
     lab.status()["active_gateways"][cluster]
         .as_str()
@@ -99,6 +124,18 @@ fn traffic_moves_to_the_standby_when_the_active_gateway_dies_or_stops() {
         });
         let after = active_gateway(&lab, "b");
         assert_ne!(after, before, "after `lab {verb}` the standby is active");
+        let shown = show_endpoints(&lab);
+        let b = shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["cluster"] == "b")
+            .unwrap();
+        assert_eq!(
+            b["nodeName"],
+            after.as_str(),
+            "show endpoints names the new gateway: {b}"
+        );
         eprintln!("lab {verb} {target}: requests failed for {took:?}; {after} is active");
         // Bring the candidate back as a standby for the next round.
         ok(

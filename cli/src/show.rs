@@ -1,0 +1,138 @@
+//! `causeway show`: what the clusterset looks like from the broker's
+//! records, as a table or as JSON.
+
+use std::fmt::Write;
+
+use anyhow::Result;
+use causeway_api::records::{AnyRecord, ConnectionStatus, Endpoint, Kind, ServiceImport};
+use causeway_api::store::{EtcdStore, Store};
+
+use crate::broker::BrokerFile;
+
+/// Every record of `kind` the broker holds.
+pub async fn list(broker: &BrokerFile, kind: Kind) -> Result<Vec<AnyRecord>> {
+    let store = EtcdStore::connect(&broker.etcd_config()).await?;
+    Ok(store.list(Some(kind)).await?.records)
+}
+
+pub fn endpoints(records: &[AnyRecord]) -> Vec<&Endpoint> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            AnyRecord::Endpoint(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn connections(records: &[AnyRecord]) -> Vec<&ConnectionStatus> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            AnyRecord::ConnectionStatus(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn imports(records: &[AnyRecord]) -> Vec<&ServiceImport> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            AnyRecord::ServiceImport(i) => Some(i),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `show endpoints` as a table.
+pub fn render_endpoints(endpoints: &[&Endpoint]) -> String {
+    let mut out = format!(
+        "{:<12} {:<12} {:<13} {:<22} {:<6} SUBNETS\n",
+        "CLUSTER", "GATEWAY", "BACKEND", "PUBLIC ADDRESS", "MTU"
+    );
+    for e in endpoints {
+        let address = format!("{}:{}", e.public_ip.unwrap_or(e.private_ip), e.port);
+        let backend = serde_json::to_value(e.backend)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let subnets: Vec<String> = e.subnets.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "{:<12} {:<12} {:<13} {:<22} {:<6} {}",
+            e.cluster.as_str(),
+            e.node_name,
+            backend,
+            address,
+            e.mtu,
+            subnets.join(",")
+        );
+    }
+    out
+}
+
+/// `show connections` as a table.
+pub fn render_connections(connections: &[&ConnectionStatus]) -> String {
+    let mut out = format!(
+        "{:<12} {:<12} {:<11} {:<10} {:<10} REASON\n",
+        "CLUSTER", "PEER", "STATE", "RTT", "MAX RTT"
+    );
+    for c in connections {
+        let state = serde_json::to_value(c.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let ms = |us: u64| format!("{:.2}ms", us as f64 / 1000.0);
+        let (rtt, max) = c
+            .rtt
+            .map(|r| (ms(r.mean_us), ms(r.max_us)))
+            .unwrap_or(("-".into(), "-".into()));
+        let _ = writeln!(
+            out,
+            "{:<12} {:<12} {:<11} {:<10} {:<10} {}",
+            c.cluster.as_str(),
+            c.peer.as_str(),
+            state,
+            rtt,
+            max,
+            c.reason.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// `show exports` as a table.
+pub fn render_imports(imports: &[&ServiceImport]) -> String {
+    let mut out = format!(
+        "{:<12} {:<28} {:<13} {:<18} PORTS\n",
+        "CLUSTER", "SERVICE", "TYPE", "ADDRESS"
+    );
+    for i in imports {
+        let kind = if matches!(i.kind, causeway_api::records::ServiceImportType::Headless) {
+            "Headless"
+        } else {
+            "ClusterSetIP"
+        };
+        let address = i
+            .addresses
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "-".into());
+        let ports: Vec<String> = i
+            .ports
+            .iter()
+            .map(|p| format!("{}/{:?}", p.port, p.protocol).to_lowercase())
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<12} {:<28} {:<13} {:<18} {}",
+            i.cluster.as_str(),
+            format!("{}/{}", i.namespace, i.name),
+            kind,
+            address,
+            ports.join(",")
+        );
+    }
+    out
+}
