@@ -79,6 +79,11 @@ pub enum Error {
         /// The block size.
         prefix_len: u8,
     },
+    /// `broker init` found authentication already enabled.
+    #[error(
+        "this etcd already has authentication enabled: broker init has run before; join clusters with the root credentials"
+    )]
+    BrokerInitialised,
     /// The registry of joined clusters changed under us too many times.
     #[error("the clusterset registry kept changing during join; retry")]
     JoinContention,

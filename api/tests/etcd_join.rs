@@ -70,6 +70,18 @@ async fn a_cluster_writes_only_its_own_records_and_reads_all() {
     let clusters = store_b.list(Some(Kind::Cluster)).await.unwrap().records;
     assert_eq!(clusters.len(), 2, "join wrote each Cluster record");
 
+    // A second init is refused with an error that says why.
+    let again = broker_init(
+        &etcd.config(),
+        &BrokerInitOptions {
+            root_password: ROOT_PW.into(),
+            registry: Registry::default(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(again, Error::BrokerInitialised), "{again}");
+
     // Without credentials nothing is readable.
     let anon = EtcdStore::connect(&etcd.config()).await.unwrap();
     assert!(anon.list(None).await.is_err());

@@ -85,6 +85,13 @@ pub async fn broker_init(config: &EtcdConfig, options: &BrokerInitOptions) -> Re
     .await
     {
         Err(e) if already_exists(&e) => {}
+        // With auth on, an anonymous request is refused: init has run before.
+        Err(Error::Etcd { source, .. })
+            if source.to_string().contains("user name is empty")
+                || source.to_string().contains("permission denied") =>
+        {
+            return Err(Error::BrokerInitialised);
+        }
         r => {
             r?;
         }

@@ -235,3 +235,36 @@ fn policy_binds_cluster_accounts_to_their_own_records() {
         "broker"
     );
 }
+
+#[tokio::test]
+async fn broker_init_applies_the_policy_and_keeps_an_existing_registry() {
+    let (svc, h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let init =
+        tokio::spawn(async move { kube_broker_init(client, "broker", &Registry::default()).await });
+    let seen = serve(h, |m, _, body| match *m {
+        Method::POST => (409, status(409, "AlreadyExists")),
+        _ => (200, body.clone()),
+    })
+    .await;
+    init.await.unwrap().unwrap();
+    let calls: Vec<(Method, &str)> = seen
+        .iter()
+        .map(|(m, p, _)| (m.clone(), p.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (
+                Method::PATCH,
+                "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/causeway-broker-own-records"
+            ),
+            (
+                Method::PATCH,
+                "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings/causeway-broker-own-records"
+            ),
+            (Method::POST, CM),
+        ]
+    );
+    assert_eq!(seen[0].2["kind"], "ValidatingAdmissionPolicy");
+}
