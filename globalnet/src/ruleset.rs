@@ -4,7 +4,8 @@
 //! gn-ingress  nat prerouting  dstnat - 20
 //!     ip saddr @remote_global ip daddr . meta l4proto . th dport vmap @ingress_services
 //!     ip saddr @remote_global dnat ip to ip daddr map @ingress_hosts
-//! gn-lb-N     (N = 1 up to the largest endpoint count in use)
+//! gn-lb-N     (N = 1 up to the largest endpoint count in use, capped at 64,
+//!              and every larger count in use)
 //!     numgen random mod N vmap { 0 : goto gn-slot-0, ..., N-1 : goto gn-slot-(N-1) }
 //! gn-slot-i   (one per endpoint index i below the largest N)
 //!     meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport map @slot{i}_addr
@@ -245,6 +246,9 @@ pub fn mss_chain(remote_set: &str, mtu: u16) -> Chain {
     )
 }
 
+/// Pick chains kept for every endpoint count up to this one.
+pub const ALWAYS_PICK_CHAINS: usize = 64;
+
 /// The `gn-lb-N` chain: a uniform random pick among N slots.
 fn lb_chain(n: usize) -> Chain {
     let rule = if n == 1 {
@@ -292,6 +296,32 @@ fn service_key() -> Vec<DataType> {
     ]
 }
 
+/// UDP endpoints that served an export in `before` and no longer do in
+/// `after`, with the global IP they were reached on: the flows to delete
+/// with [`crate::conntrack::Conntrack::delete_udp_to_endpoint`] (Settled
+/// decision 14). TCP needs nothing: a dead peer resets or times out.
+pub fn departed_udp_endpoints(before: &Input, after: &Input) -> Vec<(Ipv4Addr, SocketAddrV4)> {
+    let udp = |i: &Input| -> BTreeSet<(Ipv4Addr, u16, SocketAddrV4)> {
+        i.services
+            .iter()
+            .flat_map(|s| {
+                s.ports
+                    .iter()
+                    .filter(|p| p.protocol == Protocol::Udp)
+                    .flat_map(move |p| p.endpoints.iter().map(move |e| (s.global_ip, p.port, *e)))
+            })
+            .collect()
+    };
+    let now = udp(after);
+    let mut gone: BTreeSet<(Ipv4Addr, SocketAddrV4)> = BTreeSet::new();
+    for (global, port, ep) in udp(before) {
+        if !now.contains(&(global, port, ep)) {
+            gone.insert((global, ep));
+        }
+    }
+    gone.into_iter().collect()
+}
+
 /// The Globalnet table for `input`.
 pub fn plan(input: &Input) -> Table {
     let mut t = Table::new(Family::Ip, input.table.clone());
@@ -331,9 +361,12 @@ pub fn plan(input: &Input) -> Table {
             }
         }
     }
-    // Every count up to the largest, so a service that shrinks or a new
-    // export with fewer endpoints never adds a chain.
-    for n in 1..=counts.last().copied().unwrap_or(0) {
+    // Every count up to the largest (up to ALWAYS_PICK_CHAINS), so a
+    // service that shrinks or a new export with fewer endpoints never adds
+    // a chain; beyond that only the counts in use, since gn-lb-N holds N
+    // verdicts.
+    let max = counts.last().copied().unwrap_or(0);
+    for n in (1..=max.min(ALWAYS_PICK_CHAINS)).chain(counts.iter().copied()) {
         t.chains.insert(chains::lb(n), lb_chain(n));
     }
     for (i, (addrs, ports)) in slot_addrs.into_iter().zip(slot_ports).enumerate() {
@@ -584,6 +617,45 @@ mod tests {
         // dispatch element replaced (goto gn-lb-3), slot 2 address and port added
         assert_eq!((s.elements_deleted, s.elements_added), (1, 3));
         assert!(!a.reconcile(&plan(&i)).unwrap().changed());
+    }
+
+    #[test]
+    fn departed_udp_endpoints_are_listed() {
+        let mut before = sample();
+        before.services.push(svc(
+            "dns",
+            "242.0.0.11",
+            Protocol::Udp,
+            53,
+            &["10.244.1.9:5353", "10.244.2.9:5353"],
+        ));
+        let mut after = before.clone();
+        after.services[1].ports[0]
+            .endpoints
+            .remove(&ep("10.244.2.9:5353"));
+        // TCP endpoints leaving are not listed
+        after.services[0].ports[0].endpoints.clear();
+        assert_eq!(
+            departed_udp_endpoints(&before, &after),
+            vec![("242.0.0.11".parse().unwrap(), ep("10.244.2.9:5353"))]
+        );
+        after.services.truncate(1);
+        assert_eq!(departed_udp_endpoints(&before, &after).len(), 2);
+        assert!(departed_udp_endpoints(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn many_endpoints_keep_pick_chains_bounded() {
+        let mut i = sample();
+        let eps: Vec<String> = (0..100).map(|n| format!("10.244.9.{n}:80")).collect();
+        let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+        i.services
+            .push(svc("big", "242.0.0.13", Protocol::Tcp, 80, &eps));
+        let t = plan(&i);
+        let picks = t.chains.keys().filter(|c| c.starts_with("gn-lb-")).count();
+        assert_eq!(picks, ALWAYS_PICK_CHAINS + 1);
+        assert!(t.chains.contains_key("gn-lb-100"));
+        assert!(t.chains.contains_key("gn-slot-99"));
     }
 
     #[test]
