@@ -68,3 +68,63 @@ pub trait ClusterSource: Send + Sync {
     /// The latest state; every change publishes a new one.
     fn state(&self) -> watch::Receiver<Arc<ClusterState>>;
 }
+
+/// A cluster source whose state a test sets by hand.
+#[derive(Debug)]
+pub struct FakeClusterSource {
+    tx: watch::Sender<Arc<ClusterState>>,
+}
+
+impl Default for FakeClusterSource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeClusterSource {
+    /// An unsynced, empty source.
+    pub fn new() -> Self {
+        Self {
+            tx: watch::channel(Arc::new(ClusterState::default())).0,
+        }
+    }
+
+    /// Publishes `state`.
+    pub fn set(&self, state: ClusterState) {
+        self.tx.send_replace(Arc::new(state));
+    }
+
+    /// Changes the current state in place and publishes it.
+    pub fn update(&self, f: impl FnOnce(&mut ClusterState)) {
+        let mut s = (**self.tx.borrow()).clone();
+        f(&mut s);
+        self.set(s);
+    }
+}
+
+impl ClusterSource for FakeClusterSource {
+    fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_source_publishes_updates() {
+        let src = FakeClusterSource::new();
+        let mut rx = src.state();
+        assert!(!rx.borrow_and_update().synced);
+        src.update(|s| {
+            s.synced = true;
+            s.nodes
+                .insert((String::new(), "n1".into()), Node::default());
+        });
+        assert!(rx.has_changed().unwrap());
+        let s = rx.borrow_and_update();
+        assert!(s.synced);
+        assert_eq!(s.nodes.len(), 1);
+    }
+}
