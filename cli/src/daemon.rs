@@ -102,6 +102,9 @@ pub struct GatewayArgs {
     /// Where the lease id is kept, so a restart re-attaches to its lease.
     #[arg(long, default_value = "/run/causeway/gateway.lease")]
     pub lease_file: PathBuf,
+    /// Where `/metrics` and `/healthz` are served.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    pub metrics_listen: std::net::SocketAddr,
     /// The wireguard-go binary, for `--cable wireguard-go`.
     #[arg(long, default_value = "wireguard-go")]
     pub wireguard_go: PathBuf,
@@ -233,6 +236,16 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         health: watch::channel(None).0,
         source,
         nat: nat_tx,
+    });
+    let metrics = crate::metrics::serve(
+        args.metrics_listen,
+        gateway_metrics(gateway.clone()),
+        shutdown.clone(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = metrics.await {
+            tracing::error!(error = %e, "no /metrics");
+        }
     });
     gateway.run(elector, shutdown).await?;
     tracing::info!("gateway stopped");
@@ -398,4 +411,82 @@ pub async fn route_agent(args: RouteAgentArgs) -> Result<()> {
     run(config, Arc::new(store), Arc::new(datapath), shutdown).await;
     tracing::info!("route agent stopped");
     Ok(())
+}
+
+/// The gateway's metrics: whether it is active, how often it became active,
+/// and per peer: bytes, handshake age, RTT and health.
+fn gateway_metrics(gateway: Arc<Gateway>) -> crate::metrics::Render {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+    use std::sync::atomic::AtomicU64;
+
+    type Peer = Vec<(String, String)>;
+    type FloatGauge = Gauge<f64, AtomicU64>;
+    Arc::new(move || {
+        let mut registry = Registry::with_prefix("causeway_gateway");
+        let active = Gauge::<i64>::default();
+        let activations = Gauge::<i64>::default();
+        let rx = Family::<Peer, Gauge>::default();
+        let tx = Family::<Peer, Gauge>::default();
+        let handshake_age = Family::<Peer, FloatGauge>::default();
+        let rtt = Family::<Peer, FloatGauge>::default();
+        let up = Family::<Peer, Gauge>::default();
+        registry.register(
+            "active",
+            "1 while this candidate is the active gateway",
+            active.clone(),
+        );
+        registry.register(
+            "activations",
+            "times this candidate became active",
+            activations.clone(),
+        );
+        registry.register("peer_rx_bytes", "bytes received from the peer", rx.clone());
+        registry.register("peer_tx_bytes", "bytes sent to the peer", tx.clone());
+        registry.register(
+            "peer_handshake_age_seconds",
+            "seconds since the last handshake",
+            handshake_age.clone(),
+        );
+        registry.register(
+            "peer_rtt_seconds",
+            "mean round trip of health probes",
+            rtt.clone(),
+        );
+        registry.register(
+            "peer_connected",
+            "1 while the peer answers health probes",
+            up.clone(),
+        );
+        let state = gateway.state.borrow().clone();
+        active.set(i64::from(state.active));
+        activations.set(state.activations as i64);
+        let stats = gateway.cable.stats().unwrap_or_default();
+        for (cluster, key) in &state.peer_keys {
+            let labels = vec![("peer".to_owned(), cluster.clone())];
+            if let Some(s) = stats.get(key) {
+                rx.get_or_create(&labels).set(s.rx_bytes as i64);
+                tx.get_or_create(&labels).set(s.tx_bytes as i64);
+                if let Some(age) = s.last_handshake.and_then(|t| t.elapsed().ok()) {
+                    handshake_age.get_or_create(&labels).set(age.as_secs_f64());
+                }
+            }
+        }
+        if let Some(view) = gateway.health.borrow().as_ref() {
+            for (peer, health) in view.snapshot() {
+                let labels = vec![("peer".to_owned(), peer.to_string())];
+                if let Some(r) = health.rtt {
+                    rtt.get_or_create(&labels).set(r.mean.as_secs_f64());
+                }
+                let connected =
+                    health.status.state == causeway_gateway::health::HealthState::Connected;
+                up.get_or_create(&labels).set(i64::from(connected));
+            }
+        }
+        let mut out = String::new();
+        let _ = encode(&mut out, &registry);
+        out
+    })
 }

@@ -5,5 +5,6 @@
 pub mod broker;
 pub mod daemon;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod show;

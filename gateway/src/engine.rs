@@ -157,6 +157,8 @@ pub struct GatewayState {
     pub active: bool,
     /// Remote clusters with a configured peer.
     pub peers: BTreeSet<String>,
+    /// Each configured peer's public key, by cluster.
+    pub peer_keys: BTreeMap<String, PublicKey>,
     /// Remote clusters refused, with why.
     pub refused: BTreeMap<String, String>,
     /// How many times this candidate became active.
@@ -420,6 +422,11 @@ impl Gateway {
             tracing::error!(error = %e, "could not program the tunnel routes");
         }
         Ok(Converged {
+            keys: plan
+                .peers
+                .iter()
+                .map(|(k, p)| (p.cluster.clone(), *k))
+                .collect(),
             peers: plan.peers.values().map(|p| p.cluster.clone()).collect(),
             refused: plan
                 .refused
@@ -481,6 +488,7 @@ impl Gateway {
         }
         self.state.send_modify(|s| {
             s.peers = converged.peers.clone();
+            s.peer_keys = converged.keys.clone();
             s.refused = converged.refused.clone();
         });
         *last = now;
@@ -548,6 +556,7 @@ impl Gateway {
 
 struct Converged {
     peers: BTreeSet<String>,
+    keys: BTreeMap<String, PublicKey>,
     refused: BTreeMap<String, String>,
 }
 

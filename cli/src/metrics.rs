@@ -1,0 +1,55 @@
+//! The `/metrics` endpoint (Prometheus text format) and `/healthz`, served
+//! by a small HTTP responder: a daemon needs nothing more of HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Renders the current metrics.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `GET /metrics` and `GET /healthz` on `listen` until `cancel`.
+pub async fn serve(listen: SocketAddr, render: Render, cancel: CancellationToken) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen} for metrics"))?;
+    tracing::info!(%listen, "serving /metrics");
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted?,
+        };
+        let render = render.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let Ok(Ok(n)) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+                    .await
+            else {
+                return;
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, kind, body) = match path {
+                "/metrics" => (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    render(),
+                ),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+                _ => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
