@@ -192,6 +192,24 @@ fn one_more_export_changes_only_map_elements() {
     assert_eq!(out.batch.summary().elements_added, 1);
     assert_eq!(rule_handles(&ns.nft_json(&table)), before);
     assert!(!applier.reconcile(&plan(&i)).unwrap().changed());
+
+    // Every export gone: the shared pick and slot chains and the slot maps
+    // go too, in one transaction the real nft accepts.
+    i.services.clear();
+    let out = applier.reconcile_incremental(plan(&i)).unwrap();
+    let s = out.batch.summary();
+    assert!(
+        s.chains_deleted >= 3 && s.sets_deleted >= 2,
+        "{:?}",
+        out.batch.ops
+    );
+    let left: Vec<String> = rule_handles(&ns.nft_json(&table))
+        .into_iter()
+        .map(|(c, _)| c)
+        .filter(|c| c.starts_with("gn-lb-") || c.starts_with("gn-slot-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!applier.reconcile(&plan(&i)).unwrap().changed());
 }
 
 #[test]
