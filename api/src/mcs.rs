@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -168,6 +169,48 @@ pub struct ClusterStatus {
     pub cluster: String,
 }
 
+/// The MCS CRDs (ServiceExport and ServiceImport, v1alpha1) for clusters
+/// that have none installed; ServiceExport's is written out because the
+/// type has no spec to derive it from.
+pub fn mcs_crds() -> Vec<CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    let export: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "serviceexports.multicluster.x-k8s.io"},
+        "spec": {
+            "group": "multicluster.x-k8s.io",
+            "scope": "Namespaced",
+            "names": {"kind": "ServiceExport", "plural": "serviceexports",
+                      "singular": "serviceexport", "shortNames": ["svcex"]},
+            "versions": [{
+                "name": "v1alpha1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "Marks the Service of the same namespace and name for export to the clusterset.",
+                    "properties": {
+                        "status": {"type": "object", "properties": {"conditions": {
+                            "type": "array",
+                            "x-kubernetes-list-type": "map",
+                            "x-kubernetes-list-map-keys": ["type"],
+                            "items": {"type": "object", "required": ["type", "status"], "properties": {
+                                "type": {"type": "string"},
+                                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                                "reason": {"type": "string"},
+                                "message": {"type": "string"},
+                            }},
+                        }}},
+                    },
+                }},
+            }],
+        },
+    }))
+    .expect("well-formed CRD");
+    vec![export, ServiceImport::crd()]
+}
+
 #[cfg(test)]
 mod tests {
     use kube::{CustomResourceExt, Resource};
@@ -188,5 +231,16 @@ mod tests {
         let yaml = "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: web, namespace: default}\n";
         let se: ServiceExport = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(se.metadata.name.as_deref(), Some("web"));
+        let names: Vec<_> = mcs_crds()
+            .into_iter()
+            .map(|c| c.metadata.name.unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "serviceexports.multicluster.x-k8s.io",
+                "serviceimports.multicluster.x-k8s.io"
+            ]
+        );
     }
 }
