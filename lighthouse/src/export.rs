@@ -797,5 +797,60 @@ pub fn read_status_file(path: &Path) -> Result<BTreeMap<String, ExportStatus>, E
     })
 }
 
+/// Renders conditions as the table `causeway show exports` prints: one
+/// line per export, each condition as its status and, unless it is the
+/// happy one, its reason; then the message that explains the export.
+pub fn render_status_table<'a>(
+    statuses: impl IntoIterator<Item = (String, &'a ExportStatus)>,
+) -> String {
+    fn cell(c: &Condition, happy: ConditionStatus) -> String {
+        if c.status == happy {
+            c.status.to_string()
+        } else {
+            format!("{} ({})", c.status, c.reason)
+        }
+    }
+    let mut rows = vec![[
+        "EXPORT".to_owned(),
+        "VALID".to_owned(),
+        "READY".to_owned(),
+        "CONFLICT".to_owned(),
+        "MESSAGE".to_owned(),
+    ]];
+    for (name, s) in statuses {
+        let explain = [&s.valid, &s.conflict, &s.ready]
+            .into_iter()
+            .zip([
+                ConditionStatus::True,
+                ConditionStatus::False,
+                ConditionStatus::True,
+            ])
+            .find(|(c, happy)| c.status != *happy)
+            .map_or(&s.ready, |(c, _)| c);
+        rows.push([
+            name,
+            cell(&s.valid, ConditionStatus::True),
+            cell(&s.ready, ConditionStatus::True),
+            cell(&s.conflict, ConditionStatus::False),
+            explain.message.clone(),
+        ]);
+    }
+    let mut widths = [0; 4];
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        for (w, c) in widths.iter().zip(&row) {
+            out.push_str(&format!("{c:<w$}  "));
+        }
+        out.push_str(&row[4]);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -677,3 +677,30 @@ async fn the_agent_waits_for_globalnet_and_retries_an_unavailable_store() {
         .expect("agent stops on cancel")
         .unwrap();
 }
+
+#[test]
+fn the_status_table_explains_each_export() {
+    let yaml = join(&[EXPORT_WEB, WEB, WEB_NOT_READY]);
+    let mut st = state(&yaml);
+    let mut db = st.service_exports.values().next().unwrap().clone();
+    db.metadata.name = Some("db".into());
+    st.service_exports
+        .insert(("default".into(), "db".into()), db);
+    let plan = plan_exports(&id("a"), &st, [], None);
+    let table = render_status_table(plan.status.iter().map(|(k, s)| (k.to_string(), s)));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("EXPORT"), "{table}");
+    assert!(
+        lines[1].starts_with("default/db")
+            && lines[1].contains("False (NoService)")
+            && lines[1].contains("does not exist"),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("default/web")
+            && lines[2].contains("False (NoReadyEndpoints)")
+            && lines[2].contains("no ready endpoint"),
+        "{table}"
+    );
+}
