@@ -2,12 +2,16 @@
 //!
 //! ```text
 //! gn-ingress  nat prerouting  dstnat - 20
+//!     [with affinity, per slot i] ip saddr @remote_global
+//!         ip saddr . ip daddr . meta l4proto . th dport @affinity_slot{i} jump gn-slot-i
 //!     ip saddr @remote_global ip daddr . meta l4proto . th dport vmap @ingress_services
 //!     ip saddr @remote_global dnat ip to ip daddr map @ingress_hosts
 //! gn-lb-N     (N = 1 up to the largest endpoint count in use, capped at 64,
 //!              and every larger count in use)
 //!     numgen random mod N vmap { 0 : goto gn-slot-0, ..., N-1 : goto gn-slot-(N-1) }
 //! gn-slot-i   (one per endpoint index i below the largest N)
+//!     [with affinity] ip daddr . meta l4proto . th dport @affinity_Ts
+//!         update @affinity_slot{i} { ip saddr . ip daddr . meta l4proto . th dport timeout T }
 //!     meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport map @slot{i}_addr
 //!                            : ip daddr . meta l4proto . th dport map @slot{i}_port
 //!     (the same for udp and sctp)
@@ -92,6 +96,17 @@ pub mod sets {
         format!("slot{i}_addr")
     }
 
+    /// Services (`global IP . protocol . port`) with affinity timeout `t`.
+    pub fn affinity_services(t: u32) -> String {
+        format!("affinity_{t}s")
+    }
+
+    /// `client . global IP . protocol . port` pinned to slot `i`, with
+    /// timeouts (filled by the kernel).
+    pub fn affinity_slot(i: usize) -> String {
+        format!("affinity_slot{i}")
+    }
+
     /// `global IP . protocol . port : target port` of each service's endpoint `i`.
     pub fn slot_port(i: usize) -> String {
         format!("slot{i}_port")
@@ -171,6 +186,10 @@ pub struct Input {
     pub hosts: BTreeMap<Ipv4Addr, Ipv4Addr>,
     /// MTU of the tunnel; TCP MSS is clamped to MTU - 40 when set.
     pub tunnel_mtu: Option<u16>,
+    /// Services with ClientIP session affinity, and its timeout in seconds.
+    /// The client is the address the gateway sees: a remote cluster's
+    /// egress IP, not the remote pod.
+    pub affinity: BTreeMap<ExportKey, u32>,
 }
 
 impl Input {
@@ -185,6 +204,7 @@ impl Input {
             services: Vec::new(),
             hosts: BTreeMap::new(),
             tunnel_mtu: None,
+            affinity: BTreeMap::new(),
         }
     }
 }
@@ -270,22 +290,38 @@ fn lb_chain(n: usize) -> Chain {
 
 /// The `gn-slot-i` chain: DNAT to the service's endpoint `i`, for each
 /// protocol (nft needs the protocol match to translate a port).
-fn slot_chain(i: usize) -> Chain {
+fn slot_chain(i: usize, timeouts: &BTreeSet<u32>) -> Chain {
     let key = || concat(vec![ip_daddr(), meta_l4proto(), th_dport()]);
-    let rules = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
-        .into_iter()
-        .map(|proto| {
-            Rule::new(vec![
-                match_eq(meta_l4proto(), string(proto.as_str())),
-                dnat_to_mapped(
-                    map_lookup(key(), &sets::slot_addr(i)),
-                    map_lookup(key(), &sets::slot_port(i)),
-                ),
-            ])
-            .with_comment(format!("endpoint {i} {}", proto.as_str()))
-        })
+    // Remember the client's slot for services with affinity.
+    let pin = timeouts.iter().map(|t| {
+        Rule::new(vec![
+            match_eq(key(), set_ref(&sets::affinity_services(*t))),
+            update_set(&sets::affinity_slot(i), affinity_key(), *t),
+        ])
+        .with_comment(format!("affinity {t}s"))
+    });
+    let rules = pin
+        .chain(
+            [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+                .into_iter()
+                .map(|proto| {
+                    Rule::new(vec![
+                        match_eq(meta_l4proto(), string(proto.as_str())),
+                        dnat_to_mapped(
+                            map_lookup(key(), &sets::slot_addr(i)),
+                            map_lookup(key(), &sets::slot_port(i)),
+                        ),
+                    ])
+                    .with_comment(format!("endpoint {i} {}", proto.as_str()))
+                }),
+        )
         .collect();
     Chain::regular(rules)
+}
+
+/// `ip saddr . ip daddr . meta l4proto . th dport`.
+fn affinity_key() -> Expr {
+    concat(vec![ip_saddr(), ip_daddr(), meta_l4proto(), th_dport()])
 }
 
 fn service_key() -> Vec<DataType> {
@@ -338,6 +374,7 @@ pub fn plan(input: &Input) -> Table {
     let mut slot_addrs: Vec<Set> = Vec::new();
     let mut slot_ports: Vec<Set> = Vec::new();
     let mut counts: BTreeSet<usize> = BTreeSet::new();
+    let mut affinity: BTreeMap<u32, Set> = BTreeMap::new();
     for svc in &input.services {
         for p in &svc.ports {
             let n = p.endpoints.len();
@@ -351,6 +388,12 @@ pub fn plan(input: &Input) -> Table {
             ]);
             services.insert_map(key.clone(), Verdict::Goto(chains::lb(n)));
             counts.insert(n);
+            if let Some(t) = input.affinity.get(&svc.key) {
+                affinity
+                    .entry(*t)
+                    .or_insert_with(|| Set::new(service_key()))
+                    .insert(key.clone());
+            }
             for (i, ep) in p.endpoints.iter().enumerate() {
                 if slot_addrs.len() <= i {
                     slot_addrs.push(Set::map(service_key(), vec![DataType::Ipv4Addr]));
@@ -369,10 +412,39 @@ pub fn plan(input: &Input) -> Table {
     for n in (1..=max.min(ALWAYS_PICK_CHAINS)).chain(counts.iter().copied()) {
         t.chains.insert(chains::lb(n), lb_chain(n));
     }
+    let timeouts: BTreeSet<u32> = affinity.keys().copied().collect();
+    let slots = slot_addrs.len();
     for (i, (addrs, ports)) in slot_addrs.into_iter().zip(slot_ports).enumerate() {
-        t.chains.insert(chains::slot(i), slot_chain(i));
+        t.chains.insert(chains::slot(i), slot_chain(i, &timeouts));
         t.sets.insert(sets::slot_addr(i), addrs);
         t.sets.insert(sets::slot_port(i), ports);
+    }
+    // A client pinned to slot i jumps there first; if the service has no
+    // endpoint i any more, the slot chain does not match and the client
+    // gets a fresh pick below.
+    let mut pinned = Vec::new();
+    if !affinity.is_empty() {
+        for (timeout, set) in affinity {
+            t.sets.insert(sets::affinity_services(timeout), set);
+        }
+        for i in 0..slots {
+            let mut pins = Set::new(vec![
+                DataType::Ipv4Addr,
+                DataType::Ipv4Addr,
+                DataType::InetProto,
+                DataType::InetService,
+            ]);
+            pins.flags.insert(crate::nft::SetFlag::Timeout);
+            t.sets.insert(sets::affinity_slot(i), pins);
+            pinned.push(
+                Rule::new(vec![
+                    match_eq(ip_saddr(), set_ref(sets::REMOTE_GLOBAL)),
+                    match_eq(affinity_key(), set_ref(&sets::affinity_slot(i))),
+                    jump(chains::slot(i)),
+                ])
+                .with_comment(format!("affinity to endpoint {i}")),
+            );
+        }
     }
     t.sets.insert(sets::INGRESS_SERVICES.into(), services);
 
@@ -387,21 +459,24 @@ pub fn plan(input: &Input) -> Table {
         chains::INGRESS.into(),
         Chain::base(
             BaseChain::new(ChainType::Nat, Hook::Prerouting, INGRESS_PRIORITY),
-            vec![
-                Rule::new(vec![
-                    from_remote(),
-                    vmap(
-                        concat(vec![ip_daddr(), meta_l4proto(), th_dport()]),
-                        set_ref(sets::INGRESS_SERVICES),
-                    ),
+            pinned
+                .into_iter()
+                .chain([
+                    Rule::new(vec![
+                        from_remote(),
+                        vmap(
+                            concat(vec![ip_daddr(), meta_l4proto(), th_dport()]),
+                            set_ref(sets::INGRESS_SERVICES),
+                        ),
+                    ])
+                    .with_comment("ingress services"),
+                    Rule::new(vec![
+                        from_remote(),
+                        dnat_to(map_lookup(ip_daddr(), sets::INGRESS_HOSTS)),
+                    ])
+                    .with_comment("ingress hosts"),
                 ])
-                .with_comment("ingress services"),
-                Rule::new(vec![
-                    from_remote(),
-                    dnat_to(map_lookup(ip_daddr(), sets::INGRESS_HOSTS)),
-                ])
-                .with_comment("ingress hosts"),
-            ],
+                .collect(),
         ),
     );
 
@@ -617,6 +692,51 @@ mod tests {
         // dispatch element replaced (goto gn-lb-3), slot 2 address and port added
         assert_eq!((s.elements_deleted, s.elements_added), (1, 3));
         assert!(!a.reconcile(&plan(&i)).unwrap().changed());
+    }
+
+    #[test]
+    fn affinity_pins_clients_and_leaves_kernel_entries_alone() {
+        let a = Applier::new(FakeNft::new());
+        let mut i = sample();
+        i.affinity.insert(ExportKey::new("default", "web"), 10800);
+        let t = plan(&i);
+        assert_eq!(t.sets["affinity_10800s"].elements.len(), 1);
+        assert!(t.sets["affinity_slot1"].kernel_managed());
+        assert_eq!(t.chains[chains::INGRESS].rules.len(), 4);
+        assert_eq!(t.chains["gn-slot-0"].rules.len(), 4);
+        a.reconcile(&t).unwrap();
+
+        // Traffic fills a pin set; the kernel lists it as dynamic.
+        let mut live = a.backend().dump(Family::Ip, &t.name).unwrap();
+        let pins = live.sets.get_mut("affinity_slot0").unwrap();
+        pins.flags.insert(crate::nft::SetFlag::Dynamic);
+        pins.insert(Value::Concat(vec![
+            Value::Addr("242.1.0.7".parse().unwrap()),
+            Value::Addr("242.0.0.10".parse().unwrap()),
+            Value::Str("tcp".into()),
+            Value::Int(80),
+        ]));
+        a.backend().set_table(Family::Ip, &t.name, Some(live));
+        assert!(!a.reconcile(&t).unwrap().changed());
+
+        // Another service with the same timeout: elements only.
+        i.services.push(svc(
+            "api",
+            "242.0.0.11",
+            Protocol::Tcp,
+            81,
+            &["10.244.1.7:81"],
+        ));
+        i.affinity.insert(ExportKey::new("default", "api"), 10800);
+        let out = a.reconcile(&plan(&i)).unwrap();
+        assert!(out.batch.summary().only_elements(), "{:?}", out.batch.ops);
+    }
+
+    #[test]
+    fn no_affinity_no_pin_rules() {
+        let t = plan(&sample());
+        assert!(!t.sets.keys().any(|k| k.starts_with("affinity")));
+        assert_eq!(t.chains[chains::INGRESS].rules.len(), 2);
     }
 
     #[test]

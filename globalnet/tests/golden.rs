@@ -110,3 +110,12 @@ fn rendering_is_byte_stable() {
     let b = render_pretty(&diff(&plan(&input()), None));
     assert_eq!(a, b);
 }
+
+/// ClientIP session affinity on default/web: pin sets and rules appear.
+#[test]
+fn with_affinity() {
+    let mut i = input();
+    i.affinity.insert(ExportKey::new("default", "web"), 10800);
+    let batch = diff(&plan(&i), None);
+    check("globalnet_affinity.json", &render_pretty(&batch));
+}

@@ -398,6 +398,9 @@ fn update(plan: &Table, have: Have<'_>, ops: &mut Vec<Op>) {
     // 2. Elements: removals before additions, so a changed map value is a
     // delete and an add of the same key in one transaction.
     for (name, set) in &plan.sets {
+        if set.kernel_managed() {
+            continue;
+        }
         let empty = BTreeMap::new();
         let have_elems = have.sets().get(name).map_or(&empty, |s| &s.elements);
         if *have_elems == set.elements {

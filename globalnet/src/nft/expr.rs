@@ -232,6 +232,22 @@ pub fn dnat_to_mapped(addr: Expr, port: Expr) -> Stmt {
     }))
 }
 
+/// `update @SET { KEY timeout SECONDS }`: adds or refreshes an element from
+/// the packet path.
+pub fn update_set(set: &str, key: Expr, timeout_secs: u32) -> Stmt {
+    Statement::Set(nftables::stmt::Set {
+        op: nftables::stmt::SetOp::Update,
+        elem: Expression::Named(NamedExpression::Elem(nftables::expr::Elem {
+            val: Box::new(key),
+            timeout: Some(timeout_secs),
+            expires: None,
+            comment: None,
+            counter: None,
+        })),
+        set: Cow::Owned(format!("@{set}")),
+    })
+}
+
 /// `KEY vmap DATA`.
 pub fn vmap(key: Expr, data: Expr) -> Stmt {
     Statement::VerdictMap(VerdictMap { key, data })

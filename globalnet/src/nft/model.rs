@@ -569,8 +569,23 @@ impl Set {
     }
 
     /// Whether the declarations (types and flags) of two sets agree.
+    /// (`dynamic` is ignored: the kernel adds it to any set that rules
+    /// update.)
     pub fn same_declaration(&self, other: &Set) -> bool {
-        self.key == other.key && self.data == other.data && self.flags == other.flags
+        let flags = |s: &Set| -> BTreeSet<SetFlag> {
+            s.flags
+                .iter()
+                .filter(|f| **f != SetFlag::Dynamic)
+                .cloned()
+                .collect()
+        };
+        self.key == other.key && self.data == other.data && flags(self) == flags(other)
+    }
+
+    /// Whether the kernel owns the elements (a `timeout` set that rules
+    /// fill, such as session affinity): the applier then leaves them alone.
+    pub fn kernel_managed(&self) -> bool {
+        self.flags.contains(&SetFlag::Timeout)
     }
 }
 
