@@ -18,8 +18,9 @@
 //!
 //! Conditions for `causeway show exports` (and, on Kubernetes, the
 //! ServiceExport status): [`plan_exports`] computes them; the agent
-//! publishes the latest on a watch channel ([`ExportAgent::status`]) and,
-//! when given a path, in a JSON status file ([`read_status_file`]).
+//! publishes the latest on a watch channel ([`ExportAgent::status`]), when
+//! given a path in a JSON status file ([`read_status_file`]), and when given
+//! a [`kube_status::StatusWriter`] in each ServiceExport's status.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -45,6 +46,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use crate::Error;
+
+pub mod kube_status;
+
+use kube_status::{StatusWriter, now_rfc3339, plan_status_updates};
 
 /// An exported service: namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -595,7 +600,7 @@ pub fn plan_exports<'a>(
 }
 
 /// How the export agent runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExportAgentOptions {
     /// Globalnet's allocations; `None` when Globalnet is off.
     pub globalnet: Option<watch::Receiver<Arc<GlobalIps>>>,
@@ -605,6 +610,8 @@ pub struct ExportAgentOptions {
     pub retry_interval: Duration,
     /// Write the conditions here as JSON (for `causeway show exports`).
     pub status_file: Option<PathBuf>,
+    /// Write the conditions to each ServiceExport's status (Kubernetes).
+    pub status_writer: Option<Arc<dyn StatusWriter>>,
 }
 
 impl Default for ExportAgentOptions {
@@ -614,6 +621,7 @@ impl Default for ExportAgentOptions {
             resync_interval: Duration::from_secs(30),
             retry_interval: Duration::from_secs(1),
             status_file: None,
+            status_writer: None,
         }
     }
 }
@@ -625,6 +633,8 @@ pub struct ExportAgent {
     local: ClusterId,
     options: ExportAgentOptions,
     status: watch::Sender<Arc<ExportStatuses>>,
+    /// ServiceExport statuses written but perhaps not yet seen by the source.
+    written: BTreeMap<ExportKey, causeway_api::mcs::ServiceExportStatus>,
 }
 
 impl ExportAgent {
@@ -641,6 +651,7 @@ impl ExportAgent {
             local,
             options,
             status: watch::channel(Arc::new(ExportStatuses::new())).0,
+            written: BTreeMap::new(),
         }
     }
 
@@ -693,7 +704,7 @@ impl ExportAgent {
     }
 
     /// One plan-and-converge pass; returns when to run again at the latest.
-    async fn reconcile(&self, imports: &RecordSet) -> Duration {
+    async fn reconcile(&mut self, imports: &RecordSet) -> Duration {
         let state = self.state.borrow().clone();
         if !state.synced || !imports.is_synced() {
             // Nothing is withdrawn on the strength of an unread source.
@@ -718,15 +729,16 @@ impl ExportAgent {
                 warn!(%error, "write export status file");
             }
         }
-        match sync_owned(
+        let statuses_written = self.write_statuses(&state, &plan.status).await;
+        let published = sync_owned(
             &*self.store,
             imports,
             &self.local,
             Kind::ServiceImport,
             &plan.records(),
         )
-        .await
-        {
+        .await;
+        let next = match published {
             Ok(0) => self.options.resync_interval,
             Ok(changes) => {
                 info!(
@@ -740,7 +752,50 @@ impl ExportAgent {
                 warn!(%error, "publish ServiceImport records; retrying");
                 self.options.retry_interval
             }
+        };
+        if statuses_written {
+            next
+        } else {
+            next.min(self.options.retry_interval)
         }
+    }
+
+    /// Writes the ServiceExport statuses that changed; false if a write
+    /// failed (it is retried).
+    async fn write_statuses(&mut self, state: &ClusterState, statuses: &ExportStatuses) -> bool {
+        let Some(writer) = self.options.status_writer.clone() else {
+            return true;
+        };
+        let without_times = |s: &causeway_api::mcs::ServiceExportStatus| {
+            let mut s = s.clone();
+            for c in &mut s.conditions {
+                c.last_transition_time = None;
+            }
+            s
+        };
+        let updates = plan_status_updates(state, statuses, &now_rfc3339());
+        // What the source shows as written needs no memory any more.
+        self.written.retain(|k, _| updates.contains_key(k));
+        let mut ok = true;
+        for (key, status) in updates {
+            if self
+                .written
+                .get(&key)
+                .is_some_and(|w| without_times(w) == without_times(&status))
+            {
+                continue; // written; the source has not shown it yet
+            }
+            match writer.write(&key, &status).await {
+                Ok(()) => {
+                    self.written.insert(key, status);
+                }
+                Err(error) => {
+                    warn!(%error, "write ServiceExport status; retrying");
+                    ok = false;
+                }
+            }
+        }
+        ok
     }
 }
 

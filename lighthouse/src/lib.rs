@@ -69,6 +69,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A ServiceExport's status could not be written.
+    #[error("write the status of ServiceExport {export}: {source}")]
+    WriteExportStatus {
+        /// `namespace/name`.
+        export: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A metric could not be registered or encoded.
     #[error("encode metrics: {0}")]
     Metrics(#[from] std::fmt::Error),

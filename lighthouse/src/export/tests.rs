@@ -546,12 +546,14 @@ async fn the_agent_publishes_and_withdraws_from_a_manifest_directory() {
     store.put(&theirs.clone().into()).await.unwrap();
     let status_file = dir.path().join("status").join("exports.json");
     std::fs::create_dir(status_file.parent().unwrap()).unwrap();
+    let writer = kube_status::FakeStatusWriter::default();
     let agent = ExportAgent::new(
         &source,
         Arc::new(store.clone()),
         id("a"),
         ExportAgentOptions {
             status_file: Some(status_file.clone()),
+            status_writer: Some(Arc::new(writer.clone())),
             ..ExportAgentOptions::default()
         },
     );
@@ -580,6 +582,17 @@ async fn the_agent_publishes_and_withdraws_from_a_manifest_directory() {
     assert_eq!(file["default/web"].valid.status, ConditionStatus::True);
     status.changed().await.unwrap();
     assert!(status.borrow().contains_key(&key()));
+    // The ServiceExport's own status says so too.
+    let written = writer.written()[&key()].clone();
+    let ready = written
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("True", Some("Exported"))
+    );
 
     // The Service goes: the record is withdrawn and the export says why.
     std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
