@@ -68,6 +68,7 @@ impl Conntrack {
         Command::new(&self.command[0])
             .args(&self.command[1..])
             .args(args)
+            .env("LC_ALL", "C")
             .output()
             .map_err(|source| Error::RunCommand {
                 command: shown,

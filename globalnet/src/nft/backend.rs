@@ -60,7 +60,8 @@ impl NftCli {
 
     fn command(&self, args: &[&str]) -> (Command, String) {
         let mut cmd = Command::new(&self.command[0]);
-        cmd.args(&self.command[1..]).args(args);
+        // Errors are recognised by their text ("No such file or directory").
+        cmd.args(&self.command[1..]).args(args).env("LC_ALL", "C");
         let shown = self
             .command
             .iter()
