@@ -10,7 +10,7 @@
 //! DNS side, one way: [`feed`] watches the local store's ServiceImport and
 //! connection-status records and edits a [`dns::Index`], published through
 //! a [`dns::IndexHandle`]; the [`dns::server`] decodes each packet, asks the
-//! pure [`dns::resolve`] for the answer against the current snapshot, and
+//! pure [`dns::resolve()`] for the answer against the current snapshot, and
 //! encodes it within the client's size limit. [`serve_dns`] runs both.
 //! [`corefile`] renders the CoreDNS stanza that forwards the zone here.
 
