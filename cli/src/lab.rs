@@ -13,6 +13,7 @@ pub mod demo;
 pub mod echo;
 pub mod manifests;
 pub mod plan;
+pub mod probe;
 pub mod state;
 
 use std::collections::BTreeSet;

@@ -210,6 +210,21 @@ enum LabCmd {
         #[arg(long)]
         unexport: bool,
     },
+    /// Time an outage: GET a service every interval and report the longest
+    /// run of failures (run it inside a pod with `lab exec`).
+    #[command(hide = true)]
+    Probe {
+        /// ADDRESS:PORT of an HTTP server.
+        target: SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// Stop after this many successes that follow a failure.
+        #[arg(long, default_value_t = 20)]
+        settle: u32,
+        /// Stop after this many seconds in any case.
+        #[arg(long, default_value_t = 30)]
+        deadline_s: u64,
+    },
     /// The HTTP echo server the lab's web pods run.
     Echo {
         #[arg(long)]
@@ -394,6 +409,24 @@ fn run_lab(cmd: LabCmd) -> Result<()> {
                 "{verb} {service} from cluster {cluster} ({})",
                 file.display()
             );
+            Ok(())
+        }
+        LabCmd::Probe {
+            target,
+            interval_ms,
+            settle,
+            deadline_s,
+        } => {
+            let report = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(lab::probe::run(
+                    target,
+                    std::time::Duration::from_millis(interval_ms),
+                    settle,
+                    std::time::Duration::from_secs(deadline_s),
+                ))?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         LabCmd::Kill { lab, target } => {
