@@ -102,6 +102,10 @@ pub struct GatewayArgs {
     /// Where the lease id is kept, so a restart re-attaches to its lease.
     #[arg(long, default_value = "/run/causeway/gateway.lease")]
     pub lease_file: PathBuf,
+    /// Where the export agent writes each export's conditions (JSON), for
+    /// `causeway show exports --status-file`.
+    #[arg(long)]
+    pub export_status: Option<PathBuf>,
     /// Where `/metrics` and `/healthz` are served.
     #[arg(long, default_value = "0.0.0.0:9464")]
     pub metrics_listen: std::net::SocketAddr,
@@ -236,6 +240,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         health: watch::channel(None).0,
         source,
         nat: nat_tx,
+        export_status: args.export_status.clone(),
     });
     let metrics = crate::metrics::serve(
         args.metrics_listen,
@@ -489,4 +494,78 @@ fn gateway_metrics(gateway: Arc<Gateway>) -> crate::metrics::Render {
         let _ = encode(&mut out, &registry);
         out
     })
+}
+
+/// Flags of `causeway lighthouse` (the DNS server).
+#[derive(Args, Debug)]
+pub struct LighthouseArgs {
+    /// This cluster's id.
+    #[arg(long, env = "CAUSEWAY_CLUSTER")]
+    pub cluster: Option<ClusterId>,
+    /// The cluster's own store (etcd endpoints, comma-separated).
+    #[arg(long, env = "CAUSEWAY_STORE", value_delimiter = ',')]
+    pub store: Vec<String>,
+    /// UDP and TCP address to answer on.
+    #[arg(long, default_value = "0.0.0.0:53")]
+    pub listen: std::net::SocketAddr,
+    /// The zone answered; everything else is REFUSED.
+    #[arg(long, default_value = "clusterset.local")]
+    pub zone: String,
+    /// TTL of answers, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub ttl: u32,
+    /// `per-cluster` (one exporting cluster's address per answer) or
+    /// `clusterset-ip`.
+    #[arg(long, default_value = "per-cluster")]
+    pub answer: causeway_lighthouse::dns::AnswerMode,
+    /// Answer `<cluster>.<svc>.<ns>.svc.<zone>` with that cluster's instance
+    /// (Lighthouse-compatible) instead of NXDOMAIN.
+    #[arg(long)]
+    pub cluster_names: bool,
+    /// Where `/metrics` and `/healthz` are served.
+    #[arg(long, default_value = "0.0.0.0:9465")]
+    pub metrics_listen: std::net::SocketAddr,
+}
+
+/// `causeway lighthouse`: answers `clusterset.local` until SIGTERM or SIGINT.
+pub async fn lighthouse(args: LighthouseArgs) -> Result<()> {
+    use causeway_lighthouse::DnsDaemon;
+    use causeway_lighthouse::dns::{ResolverOptions, ServerConfig};
+
+    let Some(cluster) = args.cluster else {
+        bail!("--cluster is required: the id this cluster joined with");
+    };
+    if args.store.is_empty() {
+        bail!("--store is required: the cluster's own store (etcd endpoints)");
+    }
+    let mut resolver =
+        ResolverOptions::new(&args.zone).with_context(|| format!("--zone {}", args.zone))?;
+    resolver.ttl = args.ttl;
+    resolver.answer_mode = args.answer;
+    resolver.cluster_names = args.cluster_names;
+    let config = ServerConfig {
+        listen: args.listen,
+        resolver,
+        ..ServerConfig::default()
+    };
+    let store = connect_store(&EtcdConfig::new(args.store)).await?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let daemon = DnsDaemon::bind(config, Arc::new(store), cluster.clone(), &mut registry).await?;
+    let registry = Arc::new(registry);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let render: crate::metrics::Render = Arc::new(move || {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    });
+    let metrics = crate::metrics::serve(args.metrics_listen, render, shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = metrics.await {
+            tracing::error!(error = %e, "no /metrics");
+        }
+    });
+    tracing::info!(%cluster, listen = %args.listen, zone = %args.zone, "lighthouse DNS answering");
+    daemon.run(shutdown).await;
+    Ok(())
 }

@@ -32,7 +32,9 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::netns;
-use plan::{ClusterPlan, ECHO_PORT, ETCD_PORT, LabName, LabPlan, LabSpec, WanPlan, netns_prefix};
+use plan::{
+    ClusterPlan, DNS_PORT, ECHO_PORT, ETCD_PORT, LabName, LabPlan, LabSpec, WanPlan, netns_prefix,
+};
 use state::{LabState, ProcessRecord, run_dir};
 
 /// Builds lab `spec.name` and starts its daemons. Refuses a name that is up
@@ -110,7 +112,13 @@ fn populate(state: &mut LabState) -> Result<()> {
         start_route_agents(state, cluster)?;
     }
     for cluster in &plan.clusters {
+        start_dns(state, cluster)?;
+    }
+    for cluster in &plan.clusters {
         wait_for_active_gateway(cluster)?;
+        if let Some(dns) = cluster.pods.iter().find(|p| p.app == "dns") {
+            wait_for_port(&dns.netns, SocketAddr::from((dns.ip, DNS_PORT)))?;
+        }
     }
     Ok(())
 }
@@ -211,16 +219,19 @@ fn start_gateways(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
         if let Some(wan) = node.wan_ip {
             args.push(format!("--public-ip={wan}"));
         }
+        // The export agent (in the active gateway) and Globalnet read the
+        // cluster's manifests.
+        args.push(format!(
+            "--manifests={}",
+            state.manifests_dir(&cluster.name).display()
+        ));
+        args.push(format!(
+            "--export-status={}",
+            state.export_status(&cluster.name).display()
+        ));
         match &global {
-            // Globalnet gives the gateway its tunnel address and reads the
-            // cluster's exports from its manifests.
-            Some(g) => {
-                args.push(format!("--global-cidr={g}"));
-                args.push(format!(
-                    "--manifests={}",
-                    state.manifests_dir(&cluster.name).display()
-                ));
-            }
+            // Globalnet gives the gateway its tunnel address.
+            Some(g) => args.push(format!("--global-cidr={g}")),
             // The tunnel address: the last address of the node's own pod slice.
             None => args.push(format!("--tunnel-ip={}", nth_last(node.pod_slice, 1))),
         }
@@ -236,6 +247,30 @@ fn start_gateways(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// `causeway lighthouse` in `cluster`'s `dns` pod, and the resolv.conf that
+/// points every pod of the cluster at it (a nameserver and no search line:
+/// settled decision 13).
+fn start_dns(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
+    let Some(dns) = cluster.pods.iter().find(|p| p.app == "dns") else {
+        return Ok(());
+    };
+    let resolv = state.resolv_conf(&cluster.name);
+    fs::write(
+        &resolv,
+        format!("nameserver {}\noptions timeout:1 attempts:2\n", dns.ip),
+    )
+    .with_context(|| format!("write {}", resolv.display()))?;
+    let args = [
+        "lighthouse".to_owned(),
+        format!("--cluster={}", cluster.name),
+        format!("--store=http://{}:{ETCD_PORT}", cluster.control_plane.ip),
+        format!("--listen=0.0.0.0:{DNS_PORT}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let target = format!("{}/{}", cluster.name, dns.name);
+    spawn(state, &target, &dns.netns, "dns", &causeway_exe()?, &args)
 }
 
 /// `causeway route-agent` on every node of `cluster`.
@@ -496,7 +531,10 @@ fn stop_processes(namespaces: &BTreeSet<String>) -> Result<()> {
 pub fn exec(name: &LabName, target: &str, cmd: &[OsString]) -> Result<Infallible> {
     let state = load(name)?;
     let netns = resolve(&state.plan, target)?;
-    netns::enter_and_exec(netns, None, cmd)
+    // Every pod and node resolves through its cluster's DNS pod.
+    let cluster = target.split_once('/').map(|(c, _)| c).unwrap_or_default();
+    let resolv = state.resolv_conf(cluster);
+    netns::enter_and_exec(netns, resolv.exists().then_some(resolv.as_path()), cmd)
 }
 
 /// The state of lab `name`, or an error that says how to start it.

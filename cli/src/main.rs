@@ -35,6 +35,14 @@ enum Cmd {
     Lab(LabCmd),
     /// Run as a gateway candidate of a cluster (one per gateway node).
     Gateway(Box<daemon::GatewayArgs>),
+    /// Answer `clusterset.local` (the DNS server), or print CoreDNS configuration.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Lighthouse {
+        #[command(subcommand)]
+        cmd: Option<LighthouseCmd>,
+        #[command(flatten)]
+        args: Box<daemon::LighthouseArgs>,
+    },
     /// Run the route agent of a node (every node).
     RouteAgent(daemon::RouteAgentArgs),
     /// Set up the broker.
@@ -79,6 +87,25 @@ enum Cmd {
         resolv_conf: Option<PathBuf>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<OsString>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LighthouseCmd {
+    /// Print the CoreDNS stanza that forwards clusterset.local (and only it)
+    /// to Causeway's DNS service.
+    Corefile {
+        /// kubeadm, k3s or rke2.
+        #[arg(long, default_value = "kubeadm")]
+        flavour: causeway_lighthouse::corefile::Flavour,
+        /// Causeway's DNS service address (ClusterIP:port).
+        #[arg(long)]
+        upstream: SocketAddr,
+        #[arg(long, default_value = "clusterset.local")]
+        zone: String,
+        /// CoreDNS cache seconds (at most the answers' TTL).
+        #[arg(long, default_value_t = 5)]
+        cache_seconds: u32,
     },
 }
 
@@ -305,6 +332,28 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Gateway(args) => runtime()?.block_on(daemon::gateway(*args)),
+        Cmd::Lighthouse {
+            cmd:
+                Some(LighthouseCmd::Corefile {
+                    flavour,
+                    upstream,
+                    zone,
+                    cache_seconds,
+                }),
+            ..
+        } => {
+            let options = causeway_lighthouse::corefile::CorefileOptions {
+                zone,
+                upstream,
+                cache_seconds,
+            };
+            print!(
+                "{}",
+                causeway_lighthouse::corefile::render(flavour, &options)
+            );
+            Ok(())
+        }
+        Cmd::Lighthouse { cmd: None, args } => runtime()?.block_on(daemon::lighthouse(*args)),
         Cmd::RouteAgent(args) => runtime()?.block_on(daemon::route_agent(args)),
         Cmd::Broker(BrokerCmd::Init {
             endpoints,

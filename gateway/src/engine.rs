@@ -37,6 +37,9 @@ use crate::cable::{Cable, DeviceSpec, KeyPair, PublicKey};
 use crate::health::{self, HealthView, Prober, ProberConfig, Responder, StatusChange};
 use causeway_api::records::ServiceImport;
 use causeway_api::source::ClusterSource;
+use causeway_lighthouse::export::{
+    ExportAgent, ExportAgentOptions, ExportKey as LighthouseKey, GlobalIps,
+};
 use globalnet::{GlobalnetConfig, NatPlan};
 
 /// What one gateway candidate is, and what its cluster owns.
@@ -181,6 +184,34 @@ pub struct Gateway {
     pub source: Option<Arc<dyn ClusterSource>>,
     /// Globalnet's latest plan while active (the datapath programs it).
     pub nat: watch::Sender<Option<NatPlan>>,
+    /// Where the export agent writes each export's conditions.
+    pub export_status: Option<std::path::PathBuf>,
+}
+
+/// Globalnet's allocations as the export agent takes them.
+fn global_ips(plan: &NatPlan) -> GlobalIps {
+    let key = |k: &causeway_globalnet::ipam::ExportKey| {
+        LighthouseKey::new(k.namespace.clone(), k.name.clone())
+    };
+    GlobalIps {
+        services: plan
+            .services
+            .iter()
+            .map(|(k, ip)| (key(k), vec![IpAddr::V4(*ip)]))
+            .collect(),
+        endpoints: plan
+            .headless
+            .iter()
+            .map(|(k, eps)| {
+                (
+                    key(k),
+                    eps.iter()
+                        .map(|(_, global, pod)| (IpAddr::V4(*pod), IpAddr::V4(*global)))
+                        .collect(),
+                )
+            })
+            .collect(),
+    }
 }
 
 impl Gateway {
@@ -322,6 +353,7 @@ impl Gateway {
             tokio::spawn(self.clone().converge_loop(peers_tx, stop.clone())),
             tokio::spawn(self.clone().record_health(changes_rx)),
             tokio::spawn(self.clone().plan_globalnet(stop.clone())),
+            tokio::spawn(self.clone().export(stop.clone())),
         ];
         for task in tasks {
             let _ = task.await;
@@ -531,6 +563,45 @@ impl Gateway {
             }
         }
         self.nat.send_replace(None);
+    }
+
+    /// The export agent (lighthouse) while active: this cluster's
+    /// ServiceExports become ServiceImport records in its own store (the
+    /// mirror takes them to the broker), with Globalnet's global IPs.
+    async fn export(self: Arc<Self>, stop: CancellationToken) {
+        let Some(source) = self.source.clone() else {
+            return;
+        };
+        let globalnet = self.config.globalnet.as_ref().map(|_| {
+            let (tx, rx) = watch::channel(Arc::new(GlobalIps::default()));
+            let mut nat = self.nat.subscribe();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Some(plan) = nat.borrow_and_update().as_ref() {
+                        tx.send_replace(Arc::new(global_ips(plan)));
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = nat.changed() => if r.is_err() { return },
+                    }
+                }
+            });
+            rx
+        });
+        let options = ExportAgentOptions {
+            globalnet,
+            status_file: self.export_status.clone(),
+            ..ExportAgentOptions::default()
+        };
+        ExportAgent::new(
+            &*source,
+            self.local.clone(),
+            self.config.cluster.clone(),
+            options,
+        )
+        .run(stop)
+        .await;
     }
 
     /// Writes each health state change of a peer to the cluster's store

@@ -22,6 +22,9 @@ const BROKER_WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// Port the lab's `web` pods serve the echo server on.
 pub const ECHO_PORT: u16 = 8080;
 
+/// Port the lab's `dns` pod answers `clusterset.local` on.
+pub const DNS_PORT: u16 = 53;
+
 /// Port every lab etcd (each cluster's store and the broker) serves clients on.
 pub const ETCD_PORT: u16 = 2379;
 
@@ -175,10 +178,11 @@ const GATEWAY_CANDIDATES: usize = 2;
 /// The lab's fixed pods and the node each runs on: `web` pods on the two
 /// gateway candidates, the client on the worker, so its traffic takes the
 /// route-agent path.
-const PODS: [(&str, &str, usize); 3] = [
+const PODS: [(&str, &str, usize); 4] = [
     ("web-0", "web", 0),
     ("web-1", "web", 1),
     ("client-0", "client", 2),
+    ("dns", "dns", 2),
 ];
 
 /// The namespace of `member` (a node, a pod, `lan`) of `cluster` in lab `lab`.

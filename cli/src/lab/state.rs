@@ -99,6 +99,22 @@ impl LabState {
         self.dir().join("clusters").join(cluster).join("secrets")
     }
 
+    /// The resolv.conf every pod of cluster `cluster` sees.
+    pub fn resolv_conf(&self, cluster: &str) -> PathBuf {
+        self.dir()
+            .join("clusters")
+            .join(cluster)
+            .join("resolv.conf")
+    }
+
+    /// Where cluster `cluster`'s export agent writes each export's conditions.
+    pub fn export_status(&self, cluster: &str) -> PathBuf {
+        self.dir()
+            .join("clusters")
+            .join(cluster)
+            .join("export-status.json")
+    }
+
     /// The manifest directory of cluster `cluster`: its "Kubernetes API".
     pub fn manifests_dir(&self, cluster: &str) -> PathBuf {
         self.dir().join("clusters").join(cluster).join("manifests")
