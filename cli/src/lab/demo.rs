@@ -1,29 +1,34 @@
-//! `causeway lab demo`: the main job, told as a story. It brings up two
-//! clusters with identical CIDRs, shows them, proves each answers on the
-//! same pod address, and takes them down again (unless `--keep`).
+//! `causeway lab demo`: the main job, told as a story. Two clusters with
+//! identical CIDRs; `default/web` exported from b; from a pod in a, its
+//! `clusterset.local` name resolves to b's global IP and an HTTP request by
+//! name is served by b. Everything is taken down at the end (unless `--keep`).
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use super::echo::EchoReply;
-use super::plan::{ECHO_PORT, LabName, LabSpec};
-use super::{down, render_status, resolve, status, up};
+use super::plan::{LabName, LabSpec};
+use super::{down, export, render_status, resolve, status, up};
+
+const NAME: &str = "web.default.svc.clusterset.local";
 
 /// Runs the demo on lab `name`; prints as it goes.
 pub fn run(name: LabName, keep: bool) -> Result<()> {
     say(&format!(
         "Building lab {name}: two clusters, both with pod CIDR 10.244.0.0/16 and service CIDR 10.96.0.0/12"
     ));
-    let state = up(LabSpec {
+    up(LabSpec {
         name: name.clone(),
         clusters: 2,
         distinct_cidrs: false,
     })?;
-    let result = tell(&name, &state);
+    let result = tell(&name);
     if keep {
         say(&format!(
-            "Leaving lab {name} up (--keep). Take it down with `causeway lab down --name {name}`."
+            "Leaving lab {name} up (--keep). Try `causeway lab exec --name {name} a/client-0 -- curl {NAME}`; \
+             take it down with `causeway lab down --name {name}`."
         ));
     } else {
         say(&format!("Taking lab {name} down"));
@@ -33,57 +38,90 @@ pub fn run(name: LabName, keep: bool) -> Result<()> {
     result
 }
 
-fn tell(name: &LabName, state: &super::state::LabState) -> Result<()> {
+fn tell(name: &LabName) -> Result<()> {
     print!("{}", render_status(&status(name)?));
-    for cluster in &state.plan.clusters {
-        let web = cluster
-            .pods
-            .iter()
-            .find(|p| p.name == "web-0")
-            .context("the lab has no web-0 pod")?;
-        let url = format!("http://{}:{ECHO_PORT}/", web.ip);
-        let target = format!("{}/client-0", cluster.name);
-        say(&format!("From {target}: curl {url}"));
-        let reply = curl(name, &state.plan, &target, &url)?;
+    say("Both clusters hold the same pod addresses: a/web-0 and b/web-0 are both 10.244.0.2");
+    for cluster in ["a", "b"] {
+        let reply: EchoReply = parse(&run_in(
+            name,
+            &format!("{cluster}/client-0"),
+            &curl("http://10.244.0.2:8080/"),
+        )?)?;
         println!(
-            "    answered by cluster {} pod {}, which saw the client as {}",
-            reply.cluster, reply.pod, reply.client
+            "    from {cluster}/client-0, 10.244.0.2 is cluster {}'s {}",
+            reply.cluster, reply.pod
         );
     }
-    say("Both clusters hold the same addresses; connecting them is what Causeway is for.");
+    say("Exporting default/web from cluster b (a ServiceExport in b's manifests)");
+    export(name, "b", "default/web", false)?;
+    say(&format!("From a/client-0: dig {NAME}"));
+    let answer = eventually(|| {
+        let out = run_in(name, "a/client-0", &["dig", "+short", NAME])?;
+        if out.trim().is_empty() {
+            bail!("no answer yet");
+        }
+        Ok(out)
+    })?;
+    println!(
+        "    {NAME} -> {}  (b's global IP for default/web)",
+        answer.trim()
+    );
+    say(&format!("From a/client-0: curl http://{NAME}/"));
+    let reply: EchoReply = eventually(|| {
+        parse(&run_in(
+            name,
+            "a/client-0",
+            &curl(&format!("http://{NAME}/")),
+        )?)
+    })?;
+    println!(
+        "    answered by cluster {} pod {}, which saw the client as {} (one of a's egress global IPs)",
+        reply.cluster, reply.pod, reply.client
+    );
+    say(
+        "Identical CIDRs never met: a's pod reached b's service through Globalnet's global addresses.",
+    );
     Ok(())
 }
 
-/// `causeway lab exec LAB TARGET -- curl URL`, parsed as the echo reply.
-fn curl(name: &LabName, plan: &super::plan::LabPlan, target: &str, url: &str) -> Result<EchoReply> {
-    let netns = resolve(plan, target)?;
+fn curl(url: &str) -> Vec<&str> {
+    vec!["curl", "-sS", "--max-time", "3", url]
+}
+
+/// Retries `f` for up to 20 s: the export takes a moment to reach a's DNS.
+fn eventually<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `causeway lab exec --name LAB TARGET -- CMD`, its stdout.
+fn run_in(name: &LabName, target: &str, cmd: &[&str]) -> Result<String> {
+    let state = super::load(name)?;
+    resolve(&state.plan, target)?;
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
-        .args([
-            "enter",
-            "--netns",
-            netns,
-            "--",
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            url,
-        ])
+        .args(["lab", "exec", "--name", name.as_str(), target, "--"])
+        .args(cmd)
         .output()
-        .context("run curl (install it with `apt-get install curl`)")?;
+        .with_context(|| format!("run {} in {target}", cmd[0]))?;
     if !out.status.success() {
         bail!(
-            "curl {url} from {target} in lab {name} failed: {}",
+            "{} in {target} failed: {}",
+            cmd.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "unexpected answer from {url}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn parse(body: &str) -> Result<EchoReply> {
+    serde_json::from_str(body).with_context(|| format!("unexpected answer: {body}"))
 }
 
 fn say(line: &str) {
