@@ -71,6 +71,9 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the CustomResourceDefinitions (Causeway's broker kinds and the
+    /// MCS API's ServiceExport and ServiceImport) as YAML, from the Rust types.
+    Crdgen,
     /// What the clusterset looks like, from the broker's records.
     Show {
         #[command(subcommand)]
@@ -297,6 +300,13 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Lab(cmd) => run_lab(cmd),
+        Cmd::Crdgen => {
+            let crds = causeway_api::store::causeway_crds().into_iter().chain(causeway_api::mcs::mcs_crds());
+            for crd in crds {
+                print!("---\n{}", serde_yaml::to_string(&crd)?);
+            }
+            Ok(())
+        }
         Cmd::Show { what } => {
             let (args, kind) = match &what {
                 ShowCmd::Endpoints(a) => (a, Kind::Endpoint),
