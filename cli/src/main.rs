@@ -221,6 +221,14 @@ enum LabCmd {
         /// CLUSTER/NODE, for example b/node-0.
         target: String,
     },
+    /// SIGKILL the gateway on a node and start it again at once, as a
+    /// container restart would: within the lease TTL it keeps its lease.
+    Restart {
+        #[command(flatten)]
+        lab: LabName_,
+        /// CLUSTER/NODE, for example b/node-0.
+        target: String,
+    },
     /// Start a stopped or killed gateway again.
     Start {
         #[command(flatten)]
@@ -301,7 +309,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Lab(cmd) => run_lab(cmd),
         Cmd::Crdgen => {
-            let crds = causeway_api::store::causeway_crds().into_iter().chain(causeway_api::mcs::mcs_crds());
+            let crds = causeway_api::store::causeway_crds()
+                .into_iter()
+                .chain(causeway_api::mcs::mcs_crds());
             for crd in crds {
                 print!("---\n{}", serde_yaml::to_string(&crd)?);
             }
@@ -496,6 +506,19 @@ fn run_lab(cmd: LabCmd) -> Result<()> {
         LabCmd::Stop { lab, target } => {
             let pid = lab::signal_gateway(&lab.name, &target, Signal::SIGTERM)?;
             println!("stopping the gateway on {target} (pid {pid})");
+            Ok(())
+        }
+        LabCmd::Restart { lab, target } => {
+            let old = lab::signal_gateway(&lab.name, &target, Signal::SIGKILL)?;
+            // Wait (bounded) until the old process is gone.
+            for _ in 0..100 {
+                if !std::path::Path::new(&format!("/proc/{old}/ns/net")).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let pid = lab::start_gateway(&lab.name, &target)?;
+            println!("restarted the gateway on {target} (pid {old} -> {pid})");
             Ok(())
         }
         LabCmd::Start { lab, target } => {

@@ -146,3 +146,71 @@ fn traffic_moves_to_the_standby_when_the_active_gateway_dies_or_stops() {
         assert_eq!(reply["cluster"], "b");
     }
 }
+
+#[test]
+fn a_restarted_gateway_keeps_its_lease_and_changes_nothing() {
+    let lab = Lab::up("rst", &["--distinct-cidrs"]);
+    let url = format!("http://{}:8080/", pod_ip(&lab, 1, "web-0"));
+    lab.echo_eventually("a/client-0", &url);
+    let active = active_gateway(&lab, "b");
+    let target = format!("b/{active}");
+    let snapshot = || {
+        ok(
+            lab.exec(
+                &target,
+                &["sh", "-c", "ip route show proto 202; ip addr show causeway0 | grep inet; nft -j list table ip causeway-gateway"],
+            ),
+            "kernel state",
+        )
+    };
+    let before = snapshot();
+    // Requests keep going while the gateway process is killed and started
+    // again within its lease TTL.
+    let loop_url = url.clone();
+    let lab_name = lab.name.clone();
+    let requests = std::thread::spawn(move || {
+        let bin = causeway_tests::causeway_bin();
+        (0..30)
+            .map(|_| {
+                let out = std::process::Command::new(&bin)
+                    .args(["lab", "exec", "--name", &lab_name, "a/client-0", "--"])
+                    .args([
+                        "curl",
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--max-time",
+                        "5",
+                        &loop_url,
+                    ])
+                    .output()
+                    .expect("curl");
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ok(
+        causeway_tests::causeway(&["lab", "restart", "--name", &lab.name, &target]),
+        "restart",
+    );
+    let codes = requests.join().unwrap();
+    assert!(
+        codes.iter().all(|c| c == "200"),
+        "a request failed across the restart: {codes:?}"
+    );
+    assert_eq!(
+        active_gateway(&lab, "b"),
+        active,
+        "a restart within the TTL is not a failover"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(
+        snapshot(),
+        before,
+        "routes, tunnel address and nftables table are the same after the restart"
+    );
+}

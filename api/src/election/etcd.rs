@@ -189,14 +189,23 @@ impl Campaign {
             )
             .await
             {
-                Ok(r) if r.ttl() > 0 => {
-                    info!(
+                // Whole seconds: a lease with under a second left reads 0.
+                // Renew it once before trusting it (the opening request of
+                // a keep-alive stream is itself a keep-alive).
+                Ok(r) if r.ttl() >= 0 => match renewed_ttl(&self.client, id, self.timeout).await {
+                    ttl if ttl > 0 => {
+                        info!(
+                            lease = format!("{id:x}"),
+                            remaining_s = ttl,
+                            "re-attached to the lease kept in the lease file"
+                        );
+                        attached = Some((id, ttl));
+                    }
+                    _ => debug!(
                         lease = format!("{id:x}"),
-                        remaining_s = r.ttl(),
-                        "re-attached to the lease kept in the lease file"
-                    );
-                    attached = Some((id, r.ttl()));
-                }
+                        "lease in the lease file has expired"
+                    ),
+                },
                 Ok(_) => debug!(
                     lease = format!("{id:x}"),
                     "lease in the lease file has expired"
@@ -454,6 +463,21 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// Sends a keep-alive every `interval`; publishes how long the lease is
 /// known to live (from when each confirmed keep-alive was sent) or that it is
 /// lost. Ends when the lease is lost.
+/// Renews lease `id` once and returns the TTL it then has (0 when it is gone).
+async fn renewed_ttl(client: &Client, id: i64, timeout: Duration) -> i64 {
+    let mut c = client.clone();
+    let renew = async {
+        let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+        keeper.keep_alive().await?;
+        // The reply to the opening request, or to ours: either carries the TTL.
+        Ok::<_, etcd_client::Error>(stream.message().await?.map(|r| r.ttl()).unwrap_or(0))
+    };
+    match tokio::time::timeout(timeout, renew).await {
+        Ok(Ok(ttl)) => ttl,
+        _ => 0,
+    }
+}
+
 async fn keep_alive_loop(
     client: Client,
     lease: i64,
