@@ -214,3 +214,95 @@ fn a_restarted_gateway_keeps_its_lease_and_changes_nothing() {
         "routes, tunnel address and nftables table are the same after the restart"
     );
 }
+
+#[test]
+fn an_endpoint_that_claims_local_subnets_is_refused_and_nothing_else_is_disturbed() {
+    let lab = Lab::up("ovl", &["--distinct-cidrs", "--clusters", "3"]);
+    let url = format!("http://{}:8080/", pod_ip(&lab, 1, "web-0"));
+    lab.echo_eventually("a/client-0", &url);
+
+    // A record for cluster x that claims a's pod CIDR, written with the
+    // broker's root credentials (a cluster's own could not write it).
+    let password = std::fs::read_to_string(format!(
+        "/run/causeway/lab/{}/broker-root-password",
+        lab.name
+    ))
+    .unwrap();
+    let record = r#"{"version":1,"kind":"Endpoint","spec":{"cluster":"x","nodeName":"evil","privateIp":"198.51.100.99","port":4500,"publicKey":"q2jV3fWDQk8o9nH4bqv4PxJ5Xm6QxXnqA6Pc3Xn3XkY=","subnets":["10.244.0.0/16"],"backend":"userspace","mtu":1440}}"#;
+    ok(
+        lab.exec(
+            "a/node-0",
+            &[
+                "etcdctl",
+                "--endpoints",
+                "http://198.51.100.2:2379",
+                "--user",
+                &format!("root:{}", password.trim()),
+                "put",
+                "/causeway/clusters/x/endpoint/x",
+                record,
+            ],
+        ),
+        "put a bogus Endpoint",
+    );
+
+    let bin = causeway_tests::causeway_bin().display().to_string();
+    let config = format!(
+        "/run/causeway/lab/{}/clusters/a/secrets/broker.json",
+        lab.name
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let refusal = loop {
+        let out = ok(
+            lab.exec(
+                "a/node-0",
+                &[
+                    &bin,
+                    "show",
+                    "connections",
+                    "-o",
+                    "json",
+                    "--broker-config",
+                    &config,
+                ],
+            ),
+            "show connections",
+        );
+        let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if let Some(x) = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cluster"] == "a" && c["peer"] == "x")
+        {
+            break x.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a never reported x: {out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(refusal["state"], "error", "{refusal}");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .unwrap()
+            .contains("overlaps the local pod CIDR"),
+        "{refusal}"
+    );
+
+    // a's own pod CIDR still routes locally, and traffic to b and c flows.
+    let routes = ok(
+        lab.exec("a/node-0", &["ip", "route", "show", "proto", "202"]),
+        "routes",
+    );
+    assert!(
+        !routes.contains("10.244.0.0/16"),
+        "a routed its own pod CIDR into the tunnel: {routes}"
+    );
+    for (cluster, index) in [("b", 1), ("c", 2)] {
+        let url = format!("http://{}:8080/", pod_ip(&lab, index, "web-1"));
+        assert_eq!(lab.echo_eventually("a/client-0", &url)["cluster"], cluster);
+    }
+}
