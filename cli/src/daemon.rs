@@ -490,10 +490,79 @@ fn gateway_metrics(gateway: Arc<Gateway>) -> crate::metrics::Render {
                 up.get_or_create(&labels).set(i64::from(connected));
             }
         }
+        conntrack_metrics(
+            &mut registry,
+            gateway.nat.borrow().as_ref().map(|n| n.egress.clone()),
+        );
         let mut out = String::new();
         let _ = encode(&mut out, &registry);
         out
     })
+}
+
+/// Conntrack on the gateway node: entries against the limit, and per
+/// egress IP the connections SNATed to it and those to its busiest
+/// destination, which need distinct source ports (about 64,000 at most).
+fn conntrack_metrics(
+    registry: &mut prometheus_client::registry::Registry,
+    egress: Option<Vec<std::net::Ipv4Addr>>,
+) {
+    use causeway_globalnet::conntrack::{self, Conntrack};
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    let entries = Gauge::<i64>::default();
+    let max = Gauge::<i64>::default();
+    registry.register(
+        "conntrack_entries",
+        "conntrack entries in the gateway's namespace",
+        entries.clone(),
+    );
+    registry.register("conntrack_max", "nf_conntrack_max (per host)", max.clone());
+    if let Ok(c) = conntrack::read_counters(std::path::Path::new("/proc")) {
+        entries.set(c.count as i64);
+        max.set(c.max as i64);
+    }
+    let Some(egress) = egress.filter(|e| !e.is_empty()) else {
+        return;
+    };
+    type Ip = Vec<(String, String)>;
+    let connections = Family::<Ip, Gauge>::default();
+    let busiest = Family::<Ip, Gauge>::default();
+    let near = Family::<Ip, Gauge>::default();
+    registry.register(
+        "egress_connections",
+        "connections SNATed to the egress IP",
+        connections.clone(),
+    );
+    registry.register(
+        "egress_busiest_destination_connections",
+        "connections from the egress IP to its busiest destination IP, port and protocol",
+        busiest.clone(),
+    );
+    registry.register(
+        "egress_near_port_limit",
+        "1 when the busiest destination uses over 80% of the SNAT ports",
+        near.clone(),
+    );
+    let Ok(list) = Conntrack::new().list() else {
+        return;
+    };
+    for (ip, usage) in conntrack::egress_usage(&list, &egress) {
+        let labels = vec![("egress_ip".to_owned(), ip.to_string())];
+        connections
+            .get_or_create(&labels)
+            .set(usage.connections as i64);
+        busiest
+            .get_or_create(&labels)
+            .set(usage.busiest_destination as i64);
+        let is_near = usage.near_port_limit(0.8);
+        near.get_or_create(&labels).set(i64::from(is_near));
+        if is_near {
+            tracing::warn!(egress_ip = %ip, connections = usage.busiest_destination,
+                "an egress IP nears the SNAT ports of one destination; raise --egress-pool (docs/operations.md)");
+        }
+    }
 }
 
 /// Flags of `causeway lighthouse` (the DNS server).
