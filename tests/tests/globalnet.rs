@@ -4,6 +4,7 @@
 //! global IPs.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use causeway_tests::{Lab, causeway, ok};
 
@@ -89,4 +90,102 @@ fn after_failover_the_same_global_ip_serves_the_same_service() {
         lab.status()["active_gateways"]["b"].as_str().unwrap(),
         active
     );
+}
+
+/// Rewrites b's `default/web` EndpointSlice to hold only `pods` (name, IP).
+fn set_endpoints(lab: &Lab, pods: &[(&str, &str, &str)]) {
+    let endpoints: String = pods
+        .iter()
+        .map(|(pod, ip, node)| {
+            format!(
+                "- addresses: [{ip}]\n  conditions: {{ready: true}}\n  nodeName: {node}\n  targetRef: {{kind: Pod, namespace: default, name: {pod}}}\n"
+            )
+        })
+        .collect();
+    let yaml = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-lab\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8080}}]\nendpoints:\n{endpoints}"
+    );
+    let dir = format!("/run/causeway/lab/{}/clusters/b/manifests", lab.name);
+    let service = std::fs::read_to_string(format!("{dir}/service-default-web.yaml")).unwrap();
+    // Keep the Service document, replace the slice.
+    let service_doc = service
+        .split("---\n")
+        .find(|d| d.contains("kind: Service"))
+        .unwrap()
+        .to_owned();
+    let tmp = format!("{dir}/service-default-web.tmp");
+    std::fs::write(&tmp, format!("---\n{service_doc}---\n{yaml}")).unwrap();
+    std::fs::rename(&tmp, format!("{dir}/service-default-web.yaml")).unwrap();
+}
+
+/// The set of pods that answer `n` requests to b's web.
+fn answering(lab: &Lab, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| {
+            lab.echo("a/client-0", B_WEB)["pod"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn endpoints_follow_the_endpoint_slice_and_an_unexported_global_ip_stops_answering() {
+    let lab = Lab::up("gscale", &[]);
+    ok(
+        causeway(&["lab", "export", "--name", &lab.name, "b", "default/web"]),
+        "export b",
+    );
+    lab.echo_eventually("a/client-0", B_WEB);
+
+    set_endpoints(&lab, &[("web-0", "10.244.0.2", "node-0")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answering(&lab, 6) != BTreeSet::from(["web-0".to_owned()]) {
+        assert!(
+            Instant::now() < deadline,
+            "web-1 still gets traffic after leaving the slice"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    set_endpoints(
+        &lab,
+        &[
+            ("web-0", "10.244.0.2", "node-0"),
+            ("web-1", "10.244.1.2", "node-1"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answering(&lab, 12).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "web-1 gets no traffic after joining the slice"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    ok(
+        causeway(&[
+            "lab",
+            "export",
+            "--name",
+            &lab.name,
+            "b",
+            "default/web",
+            "--unexport",
+        ]),
+        "unexport",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = lab.exec("a/client-0", &["curl", "-s", "--max-time", "1", B_WEB]);
+        if !out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the global IP still answers after unexport"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
