@@ -668,8 +668,10 @@ pub fn export(name: &LabName, cluster: &str, service: &str, unexport: bool) -> R
         }
         return Ok(file);
     }
+    // The creation time an API server would set: the oldest export wins a conflict.
+    let created = k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second)?;
     let manifest = format!(
-        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: {svc}\n  namespace: {namespace}\n"
+        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: {svc}\n  namespace: {namespace}\n  creationTimestamp: \"{created}\"\n"
     );
     // Written whole then renamed: the cluster source never reads half a file.
     let tmp = file.with_extension("tmp");

@@ -129,6 +129,10 @@ struct ShowArgs {
     broker_config: PathBuf,
     #[arg(short, long, value_enum, default_value = "text")]
     output: Output,
+    /// With `exports`: also print this cluster's export conditions (Valid,
+    /// Ready, Conflict), from the file its gateway's `--export-status` names.
+    #[arg(long)]
+    status_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -348,6 +352,16 @@ fn run(cli: Cli) -> Result<()> {
             print!("{text}");
             if matches!(args.output, Output::Json) {
                 println!();
+            }
+            if let (ShowCmd::Exports(_), Some(file)) = (&what, &args.status_file) {
+                let statuses = causeway_lighthouse::export::read_status_file(file)?;
+                println!();
+                print!(
+                    "{}",
+                    causeway_lighthouse::export::render_status_table(
+                        statuses.iter().map(|(k, v)| (k.clone(), v))
+                    )
+                );
             }
             Ok(())
         }

@@ -193,13 +193,23 @@ impl ExportPlan {
 
 /// The order in which exports of one service take precedence (first wins).
 ///
-/// The MCS API gives precedence to the oldest export. ServiceImport records
-/// carry no export time, so precedence falls to the lowest cluster id, which
-/// every cluster computes alike from the same records (the DNS feed uses the
-/// same order). When the records gain an export time, this is the one place
-/// to change.
-pub fn precedence(a: &ClusterId, b: &ClusterId) -> Ordering {
-    a.cmp(b)
+/// The MCS API gives precedence to the oldest export (its ServiceExport's
+/// creationTimestamp, carried as `exported_at_ms`), then the lowest cluster
+/// id; an export of unknown age ranks after every dated one. Every cluster
+/// computes the same order from the same records.
+pub fn precedence(a: (&ClusterId, u64), b: (&ClusterId, u64)) -> Ordering {
+    let age = |t: u64| if t == 0 { u64::MAX } else { t };
+    (age(a.1), a.0).cmp(&(age(b.1), b.0))
+}
+
+/// When the ServiceExport `ns/name` was created (Unix ms; 0 when unknown).
+fn exported_at(state: &ClusterState, ns: &str, name: &str) -> u64 {
+    state
+        .service_exports
+        .get(&(ns.to_owned(), name.to_owned()))
+        .and_then(|e| e.metadata.creation_timestamp.as_ref())
+        .map(|t| u64::try_from(t.0.as_millisecond()).unwrap_or(0))
+        .unwrap_or(0)
 }
 
 /// What a valid export's Service offers, before addresses are chosen.
@@ -372,18 +382,19 @@ fn describe_port(p: &ServicePort) -> String {
 /// of the same service by other clusters).
 fn conflict(
     local: &ClusterId,
+    local_at: u64,
     kind: ServiceImportType,
     ports: &[ServicePort],
     others: &[&ServiceImport],
 ) -> Condition {
-    let mut contenders: Vec<(&ClusterId, ServiceImportType, &[ServicePort])> = others
+    let mut contenders: Vec<(&ClusterId, u64, ServiceImportType, &[ServicePort])> = others
         .iter()
         .filter(|o| o.cluster != *local)
-        .map(|o| (&o.cluster, o.kind, o.ports.as_slice()))
+        .map(|o| (&o.cluster, o.exported_at_ms, o.kind, o.ports.as_slice()))
         .collect();
-    contenders.push((local, kind, ports));
-    contenders.sort_by(|a, b| precedence(a.0, b.0));
-    let (winner, winning_kind, _) = contenders[0];
+    contenders.push((local, local_at, kind, ports));
+    contenders.sort_by(|a, b| precedence((a.0, a.1), (b.0, b.1)));
+    let (winner, _, winning_kind, _) = contenders[0];
     let mut reasons = Vec::new();
     let mut messages = Vec::new();
     if kind != winning_kind {
@@ -395,7 +406,7 @@ fn conflict(
     // The import's ports, merged in precedence order up to this export; a
     // port that clashes with one merged before it is left out.
     let mut merged: Vec<(&ClusterId, &ServicePort)> = Vec::new();
-    for (cluster, _, cluster_ports) in &contenders {
+    for (cluster, _, _, cluster_ports) in &contenders {
         if *cluster == local {
             let clashes: Vec<String> = ports
                 .iter()
@@ -466,6 +477,7 @@ fn publish(
         addresses: Vec::new(),
         cluster_ips: Vec::new(),
         endpoints: Vec::new(),
+        exported_at_ms: 0,
     };
     let note = match d.kind {
         ServiceImportType::ClusterSetIP => {
@@ -569,9 +581,11 @@ pub fn plan_exports<'a>(
                     .get(&(ns.as_str(), name.as_str()))
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                let conflict = conflict(local, d.kind, &d.ports, others);
+                let at = exported_at(state, ns, name);
+                let conflict = conflict(local, at, d.kind, &d.ports, others);
                 let ready = match publish(local, &key, &d, globalnet) {
-                    Ok((record, note)) => {
+                    Ok((mut record, note)) => {
+                        record.exported_at_ms = at;
                         plan.imports.insert(key.clone(), record);
                         Condition::new(
                             ConditionStatus::True,

@@ -40,6 +40,7 @@ fn web(cluster: &str, global: &str, cluster_ip: &str) -> AnyRecord {
         addresses: vec![global.parse().unwrap()],
         cluster_ips: vec![cluster_ip.parse().unwrap()],
         endpoints: vec![],
+        exported_at_ms: 0,
     }
     .into()
 }

@@ -224,6 +224,14 @@ pub struct ServiceImport {
     /// Ready endpoints of a headless service.
     #[serde(default)]
     pub endpoints: Vec<HeadlessEndpoint>,
+    /// When the ServiceExport was created (Unix ms; 0 when unknown): the
+    /// oldest export takes precedence in a conflict, as the MCS API says.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exported_at_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A gateway's view of its tunnel to one peer.

@@ -48,6 +48,7 @@ pub(crate) fn sample_import(cluster: &str, ns: &str, name: &str) -> ServiceImpor
         addresses: vec![ip("242.1.0.10")],
         cluster_ips: vec![ip("10.96.0.10")],
         endpoints: vec![],
+        exported_at_ms: 0,
     }
 }
 

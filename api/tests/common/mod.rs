@@ -47,6 +47,7 @@ pub fn import(cluster: &str, name: &str) -> AnyRecord {
         addresses: vec![ip("242.1.0.10")],
         cluster_ips: vec![ip("10.96.0.10")],
         endpoints: vec![],
+        exported_at_ms: 0,
     }
     .into()
 }

@@ -346,6 +346,7 @@ fn import(cluster: &str, kind: ServiceImportType, ports: Vec<ServicePort>) -> Se
             vec![ip("10.96.0.10")]
         },
         endpoints: vec![],
+        exported_at_ms: 0,
     }
 }
 
@@ -471,7 +472,7 @@ fn conflict_table() {
     ];
     for (name, local, kind, ports, others, reason) in cases {
         let others: Vec<&ServiceImport> = others.iter().collect();
-        let c = conflict(&id(local), kind, &ports, &others);
+        let c = conflict(&id(local), 0, kind, &ports, &others);
         assert_eq!(c.reason, reason, "{name}: {c:?}");
         let want = if reason == "NoConflicts" {
             ConditionStatus::False
@@ -483,6 +484,25 @@ fn conflict_table() {
             assert!(c.message.contains("cluster b"), "{name}: {}", c.message);
         }
     }
+}
+
+#[test]
+fn the_oldest_export_wins_whatever_the_cluster_ids() {
+    use ServiceImportType::{ClusterSetIP, Headless};
+    // z exported first (older), a later: a carries the conflict.
+    let mut older = import("z", Headless, vec![http(80)]);
+    older.exported_at_ms = 1_000;
+    let c = conflict(&id("a"), 2_000, ClusterSetIP, &[http(80)], &[&older]);
+    assert_eq!(c.reason, "TypeConflict", "{c:?}");
+    assert!(c.message.contains("cluster z"), "{}", c.message);
+    // a exported first: z's export does not disturb it.
+    let c = conflict(&id("a"), 500, ClusterSetIP, &[http(80)], &[&older]);
+    assert_eq!(c.reason, "NoConflicts", "{c:?}");
+    // An export of unknown age ranks after every dated one.
+    let mut undated = import("a", Headless, vec![http(80)]);
+    undated.exported_at_ms = 0;
+    let c = conflict(&id("z"), 3_000, ClusterSetIP, &[http(80)], &[&undated]);
+    assert_eq!(c.reason, "NoConflicts", "{c:?}");
 }
 
 #[test]

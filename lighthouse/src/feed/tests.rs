@@ -39,6 +39,7 @@ fn clusterset(cluster: &str, name: &str, global: &str, cluster_ip: &str) -> Serv
         addresses: vec![ip(global)],
         cluster_ips: vec![ip(cluster_ip)],
         endpoints: vec![],
+        exported_at_ms: 0,
     }
 }
 
@@ -59,6 +60,7 @@ fn headless(cluster: &str, name: &str, endpoints: &[(Option<&str>, &str, &str)])
                 local_address: ip(pod),
             })
             .collect(),
+        exported_at_ms: 0,
     }
 }
 
