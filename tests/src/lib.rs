@@ -162,6 +162,55 @@ impl Lab {
         }
     }
 
+    /// `causeway lab export --name LAB CLUSTER SERVICE`, checked.
+    pub fn export(&self, cluster: &str, service: &str) {
+        ok(
+            causeway(&["lab", "export", "--name", &self.name, cluster, service]),
+            "lab export",
+        );
+    }
+
+    /// `causeway lab export --unexport`, checked.
+    pub fn unexport(&self, cluster: &str, service: &str) {
+        ok(
+            causeway(&[
+                "lab",
+                "export",
+                "--name",
+                &self.name,
+                cluster,
+                service,
+                "--unexport",
+            ]),
+            "lab export --unexport",
+        );
+    }
+
+    /// Writes `yaml` as manifest `file` of `cluster`, whole (then renamed),
+    /// as `kubectl apply` would change the cluster's API.
+    pub fn write_manifest(&self, cluster: &str, file: &str, yaml: &str) {
+        let dir = format!(
+            "/run/causeway/lab/{}/clusters/{cluster}/manifests",
+            self.name
+        );
+        let tmp = format!("{dir}/{file}.tmp");
+        std::fs::write(&tmp, yaml).expect("write a manifest");
+        std::fs::rename(&tmp, format!("{dir}/{file}")).expect("write a manifest");
+    }
+
+    /// The document of kind `kind` in manifest `file` of `cluster`.
+    pub fn manifest_document(&self, cluster: &str, file: &str, kind: &str) -> String {
+        let path = format!(
+            "/run/causeway/lab/{}/clusters/{cluster}/manifests/{file}",
+            self.name
+        );
+        let text = std::fs::read_to_string(&path).expect("read a manifest");
+        text.split("---\n")
+            .find(|d| d.contains(&format!("kind: {kind}\n")))
+            .unwrap_or_else(|| panic!("no {kind} in {path}"))
+            .to_owned()
+    }
+
     /// `causeway lab status -o json`
     pub fn status(&self) -> Value {
         let out = ok(

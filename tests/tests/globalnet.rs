@@ -23,14 +23,8 @@ fn in_egress_pool(client: &str, cluster_octet: u8) -> bool {
 #[test]
 fn an_exported_service_answers_on_its_global_ip_from_the_other_cluster() {
     let lab = Lab::up("gnet", &[]);
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "b", "default/web"]),
-        "export b",
-    );
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "a", "default/web"]),
-        "export a",
-    );
+    lab.export("b", "default/web");
+    lab.export("a", "default/web");
 
     let mut pods = BTreeSet::new();
     let first = lab.echo_eventually("a/client-0", B_WEB);
@@ -71,10 +65,7 @@ fn an_exported_service_answers_on_its_global_ip_from_the_other_cluster() {
 #[test]
 fn after_failover_the_same_global_ip_serves_the_same_service() {
     let lab = Lab::up("gfail", &[]);
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "b", "default/web"]),
-        "export b",
-    );
+    lab.export("b", "default/web");
     lab.echo_eventually("a/client-0", B_WEB);
     let active = lab.status()["active_gateways"]["b"]
         .as_str()
@@ -105,17 +96,12 @@ fn set_endpoints(lab: &Lab, pods: &[(&str, &str, &str)]) {
     let yaml = format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-lab\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8080}}]\nendpoints:\n{endpoints}"
     );
-    let dir = format!("/run/causeway/lab/{}/clusters/b/manifests", lab.name);
-    let service = std::fs::read_to_string(format!("{dir}/service-default-web.yaml")).unwrap();
-    // Keep the Service document, replace the slice.
-    let service_doc = service
-        .split("---\n")
-        .find(|d| d.contains("kind: Service"))
-        .unwrap()
-        .to_owned();
-    let tmp = format!("{dir}/service-default-web.tmp");
-    std::fs::write(&tmp, format!("---\n{service_doc}---\n{yaml}")).unwrap();
-    std::fs::rename(&tmp, format!("{dir}/service-default-web.yaml")).unwrap();
+    let service = lab.manifest_document("b", "service-default-web.yaml", "Service");
+    lab.write_manifest(
+        "b",
+        "service-default-web.yaml",
+        &format!("---\n{service}---\n{yaml}"),
+    );
 }
 
 /// The set of pods that answer `n` requests to b's web.
@@ -133,10 +119,7 @@ fn answering(lab: &Lab, n: usize) -> BTreeSet<String> {
 #[test]
 fn endpoints_follow_the_endpoint_slice_and_an_unexported_global_ip_stops_answering() {
     let lab = Lab::up("gscale", &[]);
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "b", "default/web"]),
-        "export b",
-    );
+    lab.export("b", "default/web");
     lab.echo_eventually("a/client-0", B_WEB);
 
     set_endpoints(&lab, &[("web-0", "10.244.0.2", "node-0")]);
@@ -164,18 +147,7 @@ fn endpoints_follow_the_endpoint_slice_and_an_unexported_global_ip_stops_answeri
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    ok(
-        causeway(&[
-            "lab",
-            "export",
-            "--name",
-            &lab.name,
-            "b",
-            "default/web",
-            "--unexport",
-        ]),
-        "unexport",
-    );
+    lab.unexport("b", "default/web");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = lab.exec("a/client-0", &["curl", "-s", "--max-time", "1", B_WEB]);

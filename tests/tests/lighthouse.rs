@@ -30,10 +30,7 @@ fn dig_until(lab: &Lab, target: &str, args: &[&str], want: impl Fn(&str) -> bool
 #[test]
 fn a_pod_finds_a_service_of_another_cluster_by_name() {
     let lab = Lab::up("dns", &[]);
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "b", "default/web"]),
-        "export",
-    );
+    lab.export("b", "default/web");
 
     let answer = dig_until(&lab, "a/client-0", &["+short", NAME], |t| {
         !t.trim().is_empty()
@@ -57,39 +54,14 @@ fn a_pod_finds_a_service_of_another_cluster_by_name() {
     assert!(refused.contains("status: REFUSED"), "{refused}");
 
     // Both export: a answers with its own.
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "a", "default/web"]),
-        "export a",
-    );
+    lab.export("a", "default/web");
     dig_until(&lab, "a/client-0", &["+short", NAME], |t| {
         t.trim() == "10.96.0.10"
     });
 
     // Unexport: the name goes away (b's), then only a's remains.
-    ok(
-        causeway(&[
-            "lab",
-            "export",
-            "--name",
-            &lab.name,
-            "b",
-            "default/web",
-            "--unexport",
-        ]),
-        "unexport b",
-    );
-    ok(
-        causeway(&[
-            "lab",
-            "export",
-            "--name",
-            &lab.name,
-            "a",
-            "default/web",
-            "--unexport",
-        ]),
-        "unexport a",
-    );
+    lab.unexport("b", "default/web");
+    lab.unexport("a", "default/web");
     let gone = dig_until(&lab, "a/client-0", &[NAME], |t| {
         t.contains("status: NXDOMAIN")
     });
@@ -99,10 +71,7 @@ fn a_pod_finds_a_service_of_another_cluster_by_name() {
 #[test]
 fn a_cluster_whose_tunnel_is_down_leaves_the_answers_and_comes_back() {
     let lab = Lab::up("dnsh", &[]);
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "b", "default/web"]),
-        "export",
-    );
+    lab.export("b", "default/web");
     dig_until(&lab, "a/client-0", &["+short", NAME], |t| {
         t.trim() == "242.1.0.10"
     });
@@ -127,32 +96,16 @@ fn a_cluster_whose_tunnel_is_down_leaves_the_answers_and_comes_back() {
     });
 }
 
-/// Writes `yaml` as manifest `file` of `cluster` (whole, then renamed).
-fn write_manifest(lab: &Lab, cluster: &str, file: &str, yaml: &str) {
-    let dir = format!(
-        "/run/causeway/lab/{}/clusters/{cluster}/manifests",
-        lab.name
-    );
-    let tmp = format!("{dir}/{file}.tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, format!("{dir}/{file}")).unwrap();
-}
-
 #[test]
 fn a_headless_export_answers_with_its_endpoints_and_a_local_export_without_endpoints_yields_to_a_remote_one()
  {
     let lab = Lab::up("dnshl", &[]);
     // A headless Service over b's web pods, with hostnames as a StatefulSet gives them.
-    write_manifest(
-        &lab,
-        "b",
+    lab.write_manifest("b",
         "service-default-db.yaml",
         "---\napiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: default}\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports: [{name: http, port: 8080, protocol: TCP}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-lab\n  namespace: default\n  labels: {kubernetes.io/service-name: db}\naddressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}]\nendpoints:\n- addresses: [10.244.0.2]\n  hostname: db-0\n  conditions: {ready: true}\n- addresses: [10.244.1.2]\n  hostname: db-1\n  conditions: {ready: true}\n",
     );
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "b", "default/db"]),
-        "export db",
-    );
+    lab.export("b", "default/db");
     let db = "db.default.svc.clusterset.local";
     let answer = dig_until(&lab, "a/client-0", &["+short", db], |t| {
         t.lines().count() == 2
@@ -173,33 +126,16 @@ fn a_headless_export_answers_with_its_endpoints_and_a_local_export_without_endpo
     assert_eq!(reply["pod"], "web-1", "db-1 is web-1's address: {reply}");
 
     // Both export web; a answers its own until its own has no ready endpoint.
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "b", "default/web"]),
-        "export b web",
-    );
+    lab.export("b", "default/web");
     let b_web = dig_until(&lab, "a/client-0", &["+short", NAME], |t| {
         t.trim().starts_with("242.1.0.")
     });
-    ok(
-        causeway(&["lab", "export", "--name", &lab.name, "a", "default/web"]),
-        "export a web",
-    );
+    lab.export("a", "default/web");
     dig_until(&lab, "a/client-0", &["+short", NAME], |t| {
         t.trim() == "10.96.0.10"
     });
-    let service = std::fs::read_to_string(format!(
-        "/run/causeway/lab/{}/clusters/a/manifests/service-default-web.yaml",
-        lab.name
-    ))
-    .unwrap();
-    let service_doc = service
-        .split("---\n")
-        .find(|d| d.contains("kind: Service"))
-        .unwrap()
-        .to_owned();
-    write_manifest(
-        &lab,
-        "a",
+    let service_doc = lab.manifest_document("a", "service-default-web.yaml", "Service");
+    lab.write_manifest("a",
         "service-default-web.yaml",
         &format!(
             "---\n{service_doc}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-lab\n  namespace: default\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8080}}]\nendpoints: []\n"
