@@ -326,13 +326,30 @@ fn wait_for_active_gateway(cluster: &ClusterPlan) -> Result<()> {
     }
 }
 
-/// The node of `cluster`'s active gateway, as the Endpoint record in the
-/// cluster's own store names it (read from inside the cluster's first node).
-pub fn active_gateway(cluster: &ClusterPlan) -> Result<Option<String>> {
-    use causeway_api::records::{AnyRecord, Kind};
+/// `cluster`'s own ServiceImport records, from its own store.
+fn own_imports(cluster: &ClusterPlan) -> Result<Vec<causeway_api::records::ServiceImport>> {
+    let id = cluster.name.clone();
+    Ok(
+        store_records(cluster, causeway_api::records::Kind::ServiceImport)?
+            .into_iter()
+            .filter_map(|r| match r {
+                causeway_api::records::AnyRecord::ServiceImport(i) if i.cluster.as_str() == id => {
+                    Some(i)
+                }
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// The records of `kind` in `cluster`'s own store, read from inside the
+/// cluster's first node; none when the store does not answer.
+fn store_records(
+    cluster: &ClusterPlan,
+    kind: causeway_api::records::Kind,
+) -> Result<Vec<causeway_api::records::AnyRecord>> {
     use causeway_api::store::{EtcdConfig, EtcdStore, Store};
     let store = format!("http://{}:{ETCD_PORT}", cluster.control_plane.ip);
-    let id = cluster.name.clone();
     netns::within(&cluster.nodes[0].netns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -342,15 +359,27 @@ pub fn active_gateway(cluster: &ClusterPlan) -> Result<Option<String>> {
             config.connect_timeout = Duration::from_secs(1);
             config.request_timeout = Duration::from_secs(1);
             let Ok(store) = EtcdStore::connect(&config).await else {
-                return Ok(None);
+                return Ok(Vec::new());
             };
-            let listing = store.list(Some(Kind::Endpoint)).await?;
-            Ok(listing.records.into_iter().find_map(|r| match r {
-                AnyRecord::Endpoint(e) if e.cluster.as_str() == id => Some(e.node_name),
-                _ => None,
-            }))
+            Ok(store.list(Some(kind)).await?.records)
         })
     })
+}
+
+/// The node of `cluster`'s active gateway, as the Endpoint record in the
+/// cluster's own store names it (read from inside the cluster's first node).
+pub fn active_gateway(cluster: &ClusterPlan) -> Result<Option<String>> {
+    let id = cluster.name.clone();
+    Ok(
+        store_records(cluster, causeway_api::records::Kind::Endpoint)?
+            .into_iter()
+            .find_map(|r| match r {
+                causeway_api::records::AnyRecord::Endpoint(e) if e.cluster.as_str() == id => {
+                    Some(e.node_name)
+                }
+                _ => None,
+            }),
+    )
 }
 
 /// Runs `causeway ARGS` inside `netns` to completion.
@@ -690,7 +719,55 @@ pub struct LabStatus {
     pub clusters: Vec<ClusterPlan>,
     /// Each cluster's active gateway node, as its own store names it.
     pub active_gateways: std::collections::BTreeMap<String, Option<String>>,
+    /// Each cluster's Globalnet addresses (none with `--distinct-cidrs`).
+    pub globalnet: std::collections::BTreeMap<String, GlobalnetStatus>,
     pub processes: Vec<ProcessStatus>,
+}
+
+/// A cluster's global addresses.
+#[derive(Debug, Serialize)]
+pub struct GlobalnetStatus {
+    pub global_cidr: String,
+    /// The gateway's global IP (its tunnel address).
+    pub gateway_ip: Option<Ipv4Addr>,
+    /// The egress pool the cluster's traffic is SNATed to.
+    pub egress_ips: Vec<Ipv4Addr>,
+    /// Each export's global IP(s), from the cluster's ServiceImport records.
+    pub exports: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// The cluster's Globalnet addresses: the pool is what the gateway's IPAM
+/// allocates first (gateway, then the egress pool), the exports' IPs what its
+/// ServiceImport records name.
+fn globalnet_status(state: &LabState, cluster: &ClusterPlan) -> Option<GlobalnetStatus> {
+    use causeway_globalnet::ipam;
+    let cidr: ipnet::Ipv4Net = global_cidr(state, &cluster.name)
+        .ok()
+        .flatten()?
+        .parse()
+        .ok()?;
+    let allocation = ipam::allocate(&ipam::Request {
+        cidr,
+        egress_pool_size: ipam::DEFAULT_EGRESS_POOL,
+        wanted: Default::default(),
+        records: Vec::new(),
+    });
+    let exports = own_imports(cluster)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| {
+            (
+                format!("{}/{}", i.namespace, i.name),
+                i.addresses.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    Some(GlobalnetStatus {
+        global_cidr: cidr.to_string(),
+        gateway_ip: allocation.gateway.ok(),
+        egress_ips: allocation.egress,
+        exports,
+    })
 }
 
 /// A daemon of the lab and whether it still runs.
@@ -708,6 +785,12 @@ pub fn status(name: &LabName) -> Result<LabStatus> {
         .clusters
         .iter()
         .map(|c| (c.name.clone(), active_gateway(c).ok().flatten()))
+        .collect();
+    let globalnet = state
+        .plan
+        .clusters
+        .iter()
+        .filter_map(|c| Some((c.name.clone(), globalnet_status(&state, c)?)))
         .collect();
     // A restarted daemon shows once: its latest run.
     let mut latest: Vec<&ProcessRecord> = Vec::new();
@@ -733,6 +816,7 @@ pub fn status(name: &LabName) -> Result<LabStatus> {
         wan: state.plan.wan.clone(),
         clusters: state.plan.clusters.clone(),
         active_gateways,
+        globalnet,
         processes,
     })
 }
@@ -780,6 +864,22 @@ pub fn render_status(s: &LabStatus) -> String {
             "  active gateway: {}",
             active.as_deref().unwrap_or("none")
         );
+        if let Some(g) = s.globalnet.get(&c.name) {
+            let egress: Vec<String> = g.egress_ips.iter().map(ToString::to_string).collect();
+            let gateway = g
+                .gateway_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "  global CIDR {}  gateway {gateway}  egress {}",
+                g.global_cidr,
+                egress.join(",")
+            );
+            for (export, ips) in &g.exports {
+                let _ = writeln!(out, "  export {export} on {}", ips.join(","));
+            }
+        }
         let _ = writeln!(
             out,
             "  {:<10} {:<16} {:<16} {:<16} ROLE",
