@@ -220,6 +220,74 @@ impl Lab {
         serde_json::from_str(&out).expect("status is JSON")
     }
 
+    /// The node of `cluster`'s active gateway, from `lab status`.
+    pub fn active_gateway(&self, cluster: &str) -> String {
+        self.status()["active_gateways"][cluster]
+            .as_str()
+            .unwrap_or_else(|| panic!("cluster {cluster} has no active gateway"))
+            .to_owned()
+    }
+
+    /// Restarts `cluster`'s active gateway (SIGKILL, then started again at
+    /// once) while `a/client-0` keeps requesting `url`, and checks what a
+    /// restart must leave alone (settled decision 5): the same candidate
+    /// stays active, no request fails, and the tunnel routes, the tunnel
+    /// address and the gateway's nftables table are the same afterwards.
+    pub fn assert_restart_changes_nothing(&self, cluster: &str, url: &str) {
+        let active = self.active_gateway(cluster);
+        let target = format!("{cluster}/{active}");
+        let snapshot = || {
+            let script = "ip route show proto 202; ip addr show causeway0 | grep inet; nft -j list table ip causeway-gateway";
+            ok(self.exec(&target, &["sh", "-c", script]), "kernel state")
+        };
+        let before = snapshot();
+        let (bin, lab, url) = (causeway_bin(), self.name.clone(), url.to_owned());
+        let requests = std::thread::spawn(move || {
+            (0..30)
+                .map(|_| {
+                    let out = Command::new(&bin)
+                        .args(["lab", "exec", "--name", &lab, "a/client-0", "--"])
+                        .args([
+                            "curl",
+                            "-s",
+                            "-o",
+                            "/dev/null",
+                            "-w",
+                            "%{http_code}",
+                            "--max-time",
+                            "5",
+                            &url,
+                        ])
+                        .output()
+                        .expect("curl");
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                })
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        ok(
+            causeway(&["lab", "restart", "--name", &self.name, &target]),
+            "lab restart",
+        );
+        let codes = requests.join().expect("request loop");
+        assert!(
+            codes.iter().all(|c| c == "200"),
+            "a request failed across the restart: {codes:?}"
+        );
+        assert_eq!(
+            self.active_gateway(cluster),
+            active,
+            "a restart within the TTL is not a failover"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        assert_eq!(
+            snapshot(),
+            before,
+            "routes, tunnel address and nftables table changed across the restart"
+        );
+    }
+
     /// The namespace prefix of this lab.
     pub fn netns_prefix(&self) -> String {
         format!("cw.{}.", self.name)

@@ -101,20 +101,13 @@ fn show_endpoints(lab: &Lab) -> serde_json::Value {
     serde_json::from_str(&out).expect("JSON")
 }
 
-fn active_gateway(lab: &Lab, cluster: &str) -> String {
-    lab.status()["active_gateways"][cluster]
-        .as_str()
-        .unwrap_or_else(|| panic!("cluster {cluster} has no active gateway"))
-        .to_owned()
-}
-
 #[test]
 fn traffic_moves_to_the_standby_when_the_active_gateway_dies_or_stops() {
     let lab = Lab::up("fail", &["--distinct-cidrs"]);
     // web-0 runs on node-0: its replies take the failed-over path too.
     let url = format!("http://{}:8080/", pod_ip(&lab, 1, "web-0"));
     for (verb, _signal) in [("kill", "SIGKILL"), ("stop", "SIGTERM")] {
-        let before = active_gateway(&lab, "b");
+        let before = lab.active_gateway("b");
         let target = format!("b/{before}");
         let took = outage(&lab, &url, || {
             ok(
@@ -122,7 +115,7 @@ fn traffic_moves_to_the_standby_when_the_active_gateway_dies_or_stops() {
                 verb,
             );
         });
-        let after = active_gateway(&lab, "b");
+        let after = lab.active_gateway("b");
         assert_ne!(after, before, "after `lab {verb}` the standby is active");
         let shown = show_endpoints(&lab);
         let b = shown
@@ -152,67 +145,7 @@ fn a_restarted_gateway_keeps_its_lease_and_changes_nothing() {
     let lab = Lab::up("rst", &["--distinct-cidrs"]);
     let url = format!("http://{}:8080/", pod_ip(&lab, 1, "web-0"));
     lab.echo_eventually("a/client-0", &url);
-    let active = active_gateway(&lab, "b");
-    let target = format!("b/{active}");
-    let snapshot = || {
-        ok(
-            lab.exec(
-                &target,
-                &["sh", "-c", "ip route show proto 202; ip addr show causeway0 | grep inet; nft -j list table ip causeway-gateway"],
-            ),
-            "kernel state",
-        )
-    };
-    let before = snapshot();
-    // Requests keep going while the gateway process is killed and started
-    // again within its lease TTL.
-    let loop_url = url.clone();
-    let lab_name = lab.name.clone();
-    let requests = std::thread::spawn(move || {
-        let bin = causeway_tests::causeway_bin();
-        (0..30)
-            .map(|_| {
-                let out = std::process::Command::new(&bin)
-                    .args(["lab", "exec", "--name", &lab_name, "a/client-0", "--"])
-                    .args([
-                        "curl",
-                        "-s",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code}",
-                        "--max-time",
-                        "5",
-                        &loop_url,
-                    ])
-                    .output()
-                    .expect("curl");
-                std::thread::sleep(std::time::Duration::from_millis(30));
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            })
-            .collect::<Vec<_>>()
-    });
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    ok(
-        causeway_tests::causeway(&["lab", "restart", "--name", &lab.name, &target]),
-        "restart",
-    );
-    let codes = requests.join().unwrap();
-    assert!(
-        codes.iter().all(|c| c == "200"),
-        "a request failed across the restart: {codes:?}"
-    );
-    assert_eq!(
-        active_gateway(&lab, "b"),
-        active,
-        "a restart within the TTL is not a failover"
-    );
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    assert_eq!(
-        snapshot(),
-        before,
-        "routes, tunnel address and nftables table are the same after the restart"
-    );
+    lab.assert_restart_changes_nothing("b", &url);
 }
 
 #[test]

@@ -161,3 +161,12 @@ fn endpoints_follow_the_endpoint_slice_and_an_unexported_global_ip_stops_answeri
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_restarted_gateway_keeps_its_table_and_its_global_ips() {
+    let lab = Lab::up("grst", &[]);
+    lab.export("b", "default/web");
+    lab.echo_eventually("a/client-0", B_WEB);
+    lab.assert_restart_changes_nothing("b", B_WEB);
+    assert_eq!(lab.echo("a/client-0", B_WEB)["cluster"], "b");
+}
