@@ -170,3 +170,32 @@ fn a_restarted_gateway_keeps_its_table_and_its_global_ips() {
     lab.assert_restart_changes_nothing("b", B_WEB);
     assert_eq!(lab.echo("a/client-0", B_WEB)["cluster"], "b");
 }
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_endpoint() {
+    let lab = Lab::up("gaff", &[]);
+    let service = lab.manifest_document("b", "service-default-web.yaml", "Service");
+    let slice = lab.manifest_document("b", "service-default-web.yaml", "EndpointSlice");
+    let sticky = service.replace(
+        "spec:\n",
+        "spec:\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: 30\n",
+    );
+    lab.write_manifest(
+        "b",
+        "service-default-web.yaml",
+        &format!("---\n{sticky}---\n{slice}"),
+    );
+    lab.export("b", "default/web");
+    lab.echo_eventually("a/client-0", B_WEB);
+    // The plan may still be catching up with the edit: wait until it sticks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answering(&lab, 10).len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "a/client-0 still reaches both endpoints with ClientIP affinity"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Chance alone would keep 20 more on one endpoint once in 500,000 runs.
+    assert_eq!(answering(&lab, 20).len(), 1, "affinity did not hold");
+}

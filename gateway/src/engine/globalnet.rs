@@ -102,6 +102,9 @@ pub fn plan(
             }
             (Ok(ip), None) => {
                 out.services.insert(key.clone(), *ip);
+                if let Some(timeout) = client_ip_affinity(exports[key]) {
+                    out.input.affinity.insert(key.clone(), timeout);
+                }
                 let ports = service_ports(state, key, exports[key]);
                 out.input.services.push(ServiceIngress {
                     key: key.clone(),
@@ -146,6 +149,20 @@ fn exported_services(state: &ClusterState) -> BTreeMap<ExportKey, &Service> {
             (kind == "ClusterIP").then(|| (ExportKey::new(ns, name), svc))
         })
         .collect()
+}
+
+/// The Service's ClientIP session affinity timeout, in seconds (settled
+/// decision 14; Kubernetes' default is 10800).
+fn client_ip_affinity(svc: &Service) -> Option<u32> {
+    let spec = svc.spec.as_ref()?;
+    (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(10_800)
+    })
 }
 
 fn is_headless(svc: &Service) -> bool {
@@ -310,6 +327,21 @@ endpoints:
             "only ready endpoints, at the target port"
         );
         assert_eq!(svc.ports[0].port, 80);
+    }
+
+    #[test]
+    fn client_ip_affinity_reaches_the_ruleset_with_its_timeout() {
+        let sticky = WEB.replace(
+            "  selector: {app: web}\n",
+            "  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 10}}\n",
+        );
+        let plan = plan(&config(), &state(&format!("{sticky}{EXPORT}")), &[]);
+        assert_eq!(
+            plan.input.affinity.get(&ExportKey::new("default", "web")),
+            Some(&10)
+        );
+        let plain = super::plan(&config(), &state(&format!("{WEB}{EXPORT}")), &[]);
+        assert!(plain.input.affinity.is_empty());
     }
 
     #[test]

@@ -47,6 +47,28 @@ pub fn tunnel_table(remote: &BTreeSet<IpNet>, mtu: u16) -> Table {
     table
 }
 
+/// Deletes the UDP conntrack entries DNATed to endpoints that left (settled
+/// decision 14), as kube-proxy does: UDP has no close, so without this a
+/// client keeps sending to an endpoint that is gone.
+fn forget_udp_flows(departed: Vec<(std::net::Ipv4Addr, std::net::SocketAddrV4)>) {
+    if departed.is_empty() {
+        return;
+    }
+    tokio::task::spawn_blocking(move || {
+        let conntrack = causeway_globalnet::conntrack::Conntrack::new();
+        for (global_ip, endpoint) in departed {
+            match conntrack.delete_udp_to_endpoint(*endpoint.ip(), Some(global_ip)) {
+                Ok(n) => {
+                    tracing::info!(%global_ip, %endpoint, deleted = n, "forgot UDP flows to an endpoint that left")
+                }
+                Err(e) => {
+                    tracing::warn!(%global_ip, %endpoint, error = %e, "could not delete UDP conntrack entries")
+                }
+            }
+        }
+    });
+}
+
 /// rtnetlink and `nft` in the gateway's own network namespace.
 pub struct KernelDatapath {
     pub interface: InterfaceName,
@@ -57,6 +79,8 @@ pub struct KernelDatapath {
     nft: Arc<Applier<NftCli>>,
     /// Globalnet's plan, when Globalnet is on and this gateway active.
     nat: tokio::sync::watch::Receiver<Option<NatPlan>>,
+    /// The NAT input last programmed, to find UDP endpoints that left.
+    programmed: std::sync::Mutex<Option<causeway_globalnet::ruleset::Input>>,
 }
 
 impl KernelDatapath {
@@ -75,6 +99,7 @@ impl KernelDatapath {
             routes: Arc::new(RouteApplier::new(NetlinkRoutes::new(), GATEWAY_PROTOCOL)),
             nft: Arc::new(Applier::new(NftCli::new())),
             nat,
+            programmed: std::sync::Mutex::new(None),
         }
     }
 
@@ -151,6 +176,16 @@ impl Datapath for KernelDatapath {
                         IpNet::V6(_) => None,
                     })
                     .collect();
+                let departed = self
+                    .programmed
+                    .lock()
+                    .expect("not poisoned")
+                    .replace(input.clone())
+                    .map(|before| {
+                        causeway_globalnet::ruleset::departed_udp_endpoints(&before, &input)
+                    })
+                    .unwrap_or_default();
+                forget_udp_flows(departed);
                 causeway_globalnet::ruleset::plan(&input)
             }
             None if self.global_cidr.is_some() => return Ok(()),
