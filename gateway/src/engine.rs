@@ -211,6 +211,11 @@ fn global_ips(plan: &NatPlan) -> GlobalIps {
                 )
             })
             .collect(),
+        errors: plan
+            .errors
+            .iter()
+            .map(|(k, reason)| (key(k), reason.clone()))
+            .collect(),
     }
 }
 

@@ -84,6 +84,9 @@ pub struct GlobalIps {
     /// The global IP of each endpoint of an exported headless service, by
     /// the endpoint's pod address.
     pub endpoints: BTreeMap<ExportKey, BTreeMap<IpAddr, IpAddr>>,
+    /// Why an export got no global IP (an exhausted global CIDR), in words
+    /// that say what to do.
+    pub errors: BTreeMap<ExportKey, String>,
 }
 
 /// The status of an MCS condition.
@@ -498,10 +501,15 @@ fn publish(
                 Some(g) => match g.services.get(key).filter(|a| !a.is_empty()) {
                     Some(addresses) => addresses.clone(),
                     None => {
-                        return Err((
-                            "Pending",
-                            format!("waiting for Globalnet to allocate a global IP to {key}"),
-                        ));
+                        return Err(match g.errors.get(key) {
+                            Some(reason) => {
+                                ("NoGlobalIP", format!("{key} cannot be served: {reason}"))
+                            }
+                            None => (
+                                "Pending",
+                                format!("waiting for Globalnet to allocate a global IP to {key}"),
+                            ),
+                        });
                     }
                 },
             };

@@ -146,6 +146,7 @@ fn plan_table() {
     let global = GlobalIps {
         services: [(key(), vec![ip("242.0.0.10")])].into(),
         endpoints: [(key(), [(ip("10.244.1.5"), ip("242.0.0.20"))].into())].into(),
+        errors: Default::default(),
     };
     struct Case {
         name: &'static str,
@@ -156,7 +157,23 @@ fn plan_table() {
         /// What the published record holds.
         record: Option<Published>,
     }
+    let exhausted = GlobalIps {
+        errors: [(
+            key(),
+            "global CIDR 242.0.0.0/28 has no free address; give the cluster a larger --global-cidr"
+                .to_owned(),
+        )]
+        .into(),
+        ..GlobalIps::default()
+    };
     let cases = vec![
+        Case {
+            name: "an exhausted global CIDR is the export's reason",
+            yaml: join(&[EXPORT_WEB, WEB, WEB_READY]),
+            globalnet: Some(exhausted),
+            reasons: ("Valid", "NoGlobalIP"),
+            record: None,
+        },
         Case {
             name: "export without a Service",
             yaml: join(&[EXPORT_WEB]),
