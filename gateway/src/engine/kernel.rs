@@ -81,7 +81,12 @@ pub struct KernelDatapath {
     nat: tokio::sync::watch::Receiver<Option<NatPlan>>,
     /// The NAT input last programmed, to find UDP endpoints that left.
     programmed: std::sync::Mutex<Option<causeway_globalnet::ruleset::Input>>,
+    /// When the table was last listed and compared whole.
+    last_full: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How often the gateway's table is listed whole to repair drift.
+const FULL_RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl KernelDatapath {
     pub fn new(
@@ -100,6 +105,7 @@ impl KernelDatapath {
             nft: Arc::new(Applier::new(NftCli::new())),
             nat,
             programmed: std::sync::Mutex::new(None),
+            last_full: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -186,15 +192,34 @@ impl Datapath for KernelDatapath {
                     })
                     .unwrap_or_default();
                 forget_udp_flows(departed);
-                causeway_globalnet::ruleset::plan(&input)
+                let mut table = causeway_globalnet::ruleset::plan(&input);
+                // The identity SNAT is the route agent's, on every node
+                // including this one: two NAT chains never share a priority.
+                table
+                    .chains
+                    .remove(causeway_globalnet::ruleset::chains::IDENTITY);
+                table
             }
             None if self.global_cidr.is_some() => return Ok(()),
             None => tunnel_table(subnets, self.mtu),
         };
         let nft = self.nft.clone();
+        let last_full = self.last_full.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             routes.reconcile(&plan).map_err(|e| e.to_string())?;
-            nft.reconcile(&table).map_err(|e| e.to_string())?;
+            // Against the last plan on events; a full listing (drift repair)
+            // at most once a minute, since at 10,000 exports it costs a second.
+            let full = last_full
+                .lock()
+                .expect("not poisoned")
+                .is_none_or(|t| t.elapsed() >= FULL_RESYNC);
+            if full {
+                nft.reconcile(&table).map_err(|e| e.to_string())?;
+                *last_full.lock().expect("not poisoned") = Some(std::time::Instant::now());
+            } else {
+                nft.reconcile_incremental(table)
+                    .map_err(|e| e.to_string())?;
+            }
             Ok(())
         })
         .await
