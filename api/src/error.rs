@@ -114,6 +114,16 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// CIDR discovery found nothing for one of the cluster's ranges.
+    #[error("could not discover the cluster's {what} (looked at {tried}); pass {flag}")]
+    CidrNotFound {
+        /// `pod CIDR` or `service CIDR`.
+        what: &'static str,
+        /// The sources looked at.
+        tried: &'static str,
+        /// The flag that sets it by hand.
+        flag: &'static str,
+    },
 }
 
 /// The crate's result type.

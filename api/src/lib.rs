@@ -14,9 +14,11 @@
 //!   events into a [`RecordSet`]; refused records never reach them.
 //! - An [`election::Elector`] (etcd lease, Kubernetes Lease, or the fake) says
 //!   on a watch channel which gateway candidate is active.
+//! - [`discovery`] finds a cluster's pod and service CIDRs from its API.
 //! - [`join`] sets up the broker (auth, per-cluster credentials) and gives
 //!   each cluster a global CIDR in one transaction.
 
+pub mod discovery;
 pub mod election;
 pub mod error;
 pub mod join;

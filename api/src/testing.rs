@@ -3,13 +3,18 @@
 //! [`EtcdFixture`] runs the `etcd` binary (Debian `etcd-server`) on
 //! 127.0.0.1 with free ports and a temporary data dir, with the flags that
 //! allow 1 s leases (Settled decision 6) and auto-compaction, and kills it
-//! on drop.
+//! on drop. [`FakeKube`] is a fake Kubernetes API server that records the
+//! permissions Causeway's requests need.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::store::{EtcdConfig, EtcdTls};
+
+mod fake_kube;
+
+pub use self::fake_kube::{FakeKube, KubeRequest, Permission, WriteHook};
 
 /// A running etcd for one test. Killed (and its data removed) on drop.
 #[derive(Debug)]
