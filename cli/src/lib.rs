@@ -8,3 +8,4 @@ pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod show;
+pub mod verify;

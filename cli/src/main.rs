@@ -79,6 +79,9 @@ enum Cmd {
         #[command(subcommand)]
         what: ShowCmd,
     },
+    /// Check pod to pod, pod to service and DNS to HTTP across every pair of
+    /// clusters, from a gateway node and a worker node; fails on any failure.
+    Verify(causeway_cli::verify::VerifyArgs),
     /// Run a command inside a named network namespace (what `lab exec` and
     /// the lab's daemons go through).
     #[command(hide = true)]
@@ -312,6 +315,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Lab(cmd) => run_lab(cmd),
+        Cmd::Verify(args) => causeway_cli::verify::command(args),
         Cmd::Crdgen => {
             let crds = causeway_api::store::causeway_crds()
                 .into_iter()
