@@ -101,6 +101,7 @@ impl GatewayConfig {
             backend: self.backend,
             mtu: self.mtu.min(u16::MAX as u32) as u16,
             health_check_ip: Some(self.tunnel_ip),
+            egress_ips: Vec::new(),
         }
     }
 
@@ -339,16 +340,10 @@ impl Gateway {
             }
             Err(e) => tracing::error!(error = %e, "could not probe the peers"),
         }
-        let own = [
-            AnyRecord::Endpoint(self.config.endpoint()),
-            AnyRecord::Cluster(self.config.cluster_record()),
-        ];
+        let (own_tx, own_rx) = watch::channel(None);
         let tasks = [
-            tokio::spawn(mirror::publish(
-                self.local.clone(),
-                own.to_vec(),
-                stop.clone(),
-            )),
+            tokio::spawn(self.clone().own_records(own_tx, stop.clone())),
+            tokio::spawn(mirror::publish(self.local.clone(), own_rx, stop.clone())),
             tokio::spawn(mirror::mirror(
                 self.broker.clone(),
                 self.local.clone(),
@@ -531,6 +526,63 @@ impl Gateway {
         *last = now;
     }
 
+    /// This cluster's own records while active. Under Globalnet the
+    /// Endpoint carries the egress pool: until the first plan, the pool the
+    /// stored record names (a newly active gateway must not erase what it
+    /// re-adopts from), then the planned one.
+    async fn own_records(
+        self: Arc<Self>,
+        tx: watch::Sender<Option<Vec<AnyRecord>>>,
+        stop: CancellationToken,
+    ) {
+        let records = |egress_ips: Vec<IpAddr>| {
+            Some(vec![
+                AnyRecord::Endpoint(Endpoint {
+                    egress_ips,
+                    ..self.config.endpoint()
+                }),
+                AnyRecord::Cluster(self.config.cluster_record()),
+            ])
+        };
+        if self.config.globalnet.is_none() {
+            tx.send_replace(records(Vec::new()));
+            return;
+        }
+        let stored = match self.local.list(Some(Kind::Endpoint)).await {
+            Ok(listing) => listing
+                .records
+                .into_iter()
+                .find_map(|r| match r {
+                    AnyRecord::Endpoint(e) if e.cluster == self.config.cluster => {
+                        Some(e.egress_ips)
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the stored egress pool; planning afresh");
+                Vec::new()
+            }
+        };
+        tx.send_replace(records(stored));
+        let mut nat = self.nat.subscribe();
+        loop {
+            if let Some(plan) = nat.borrow_and_update().as_ref() {
+                let egress = plan.egress.iter().copied().map(IpAddr::V4).collect();
+                let wanted = records(egress);
+                tx.send_if_modified(|have| {
+                    let changed = *have != wanted;
+                    *have = wanted;
+                    changed
+                });
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = nat.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
     /// Keeps Globalnet's plan current while active: on every change of the
     /// cluster's exports and of its own ServiceImport records.
     async fn plan_globalnet(self: Arc<Self>, stop: CancellationToken) {
@@ -540,15 +592,19 @@ impl Gateway {
         };
         let mut state = source.state();
         let mut events = self.local.watch(Some(Kind::ServiceImport), None);
-        let mut imports = RecordSet::default();
+        let mut endpoint_events = self.local.watch(Some(Kind::Endpoint), None);
+        let (mut imports, mut endpoints) = (RecordSet::default(), RecordSet::default());
         loop {
             let snapshot = state.borrow_and_update().clone();
-            if snapshot.synced && imports.is_synced() {
+            if snapshot.synced && imports.is_synced() && endpoints.is_synced() {
                 let own: Vec<ServiceImport> = imports
                     .typed::<ServiceImport>()
                     .filter(|i| i.cluster == self.config.cluster)
                     .collect();
-                let plan = globalnet::plan(&config, &snapshot, &own);
+                let endpoint = endpoints
+                    .typed::<Endpoint>()
+                    .find(|e| e.cluster == self.config.cluster);
+                let plan = globalnet::plan(&config, &snapshot, &own, endpoint.as_ref());
                 for (export, reason) in &plan.errors {
                     tracing::warn!(%export, %reason, "cannot serve an export");
                 }
@@ -563,6 +619,10 @@ impl Gateway {
                 r = state.changed() => if r.is_err() { break },
                 ev = events.next() => match ev {
                     Some(ev) => imports.apply(ev),
+                    None => break,
+                },
+                ev = endpoint_events.next() => match ev {
+                    Some(ev) => endpoints.apply(ev),
                     None => break,
                 },
             }

@@ -110,6 +110,39 @@ impl<B: Backend> Applier<B> {
         }
     }
 
+    /// Applies element changes computed without a plan (see
+    /// [`crate::ruleset::element_delta`]) to a table this applier last
+    /// programmed, without planning, diffing or listing it, and keeps the
+    /// cached plan in step. `Ok(None)` when nothing is cached: the caller
+    /// plans and reconciles. A failed transaction drops the cache.
+    #[tracing::instrument(skip_all, fields(table = %table))]
+    pub fn apply_elements(
+        &self,
+        family: Family,
+        table: &str,
+        ops: Vec<Op>,
+    ) -> Result<Option<ApplyOutcome>, Error> {
+        let key = (family, table.to_owned());
+        let mut last = self.last.lock().expect("lock");
+        let Some(cached) = last.get_mut(&key) else {
+            return Ok(None);
+        };
+        let batch = Batch {
+            family,
+            table: table.to_owned(),
+            ops,
+        };
+        if !batch.is_empty() {
+            log_batch(&batch);
+            if let Err(e) = self.backend.apply(&batch) {
+                last.remove(&key);
+                return Err(e);
+            }
+            diff::apply_to_plan(cached, &batch.ops);
+        }
+        Ok(Some(ApplyOutcome { batch }))
+    }
+
     fn remember(&self, plan: Table) {
         let key = (plan.family, plan.name.clone());
         self.last.lock().expect("lock").insert(key, plan);
@@ -120,15 +153,7 @@ impl<B: Backend> Applier<B> {
         if batch.is_empty() {
             tracing::debug!("nftables table already up to date");
         } else {
-            let s = batch.summary();
-            tracing::info!(
-                ops = batch.ops.len(),
-                elements_added = s.elements_added,
-                elements_deleted = s.elements_deleted,
-                rules_added = s.rules_added,
-                chains_flushed = s.chains_flushed,
-                "programming nftables table"
-            );
+            log_batch(&batch);
             if let Err(e) = self.backend.apply(&batch) {
                 self.last.lock().expect("lock").remove(&key);
                 return Err(e);
@@ -153,6 +178,18 @@ impl<B: Backend> Applier<B> {
         })?;
         Ok(true)
     }
+}
+
+fn log_batch(batch: &Batch) {
+    let s = batch.summary();
+    tracing::info!(
+        ops = batch.ops.len(),
+        elements_added = s.elements_added,
+        elements_deleted = s.elements_deleted,
+        rules_added = s.rules_added,
+        chains_flushed = s.chains_flushed,
+        "programming nftables table"
+    );
 }
 
 #[cfg(test)]
@@ -189,6 +226,34 @@ mod tests {
         assert!(out.batch.summary().only_elements());
         assert!(!a.reconcile_incremental(plan(2)).unwrap().changed());
         assert_eq!(a.backend().applied().len(), 2);
+    }
+
+    #[test]
+    fn element_changes_keep_the_cached_plan_in_step() {
+        let a = Applier::new(FakeNft::new());
+        let add = |n: u8| Op::AddElements {
+            set: "hosts".into(),
+            elements: vec![(
+                std::net::Ipv4Addr::new(242, 0, 0, n).into(),
+                Some(std::net::Ipv4Addr::new(10, 0, 0, n).into()),
+            )],
+        };
+        // Nothing cached: the caller must plan.
+        assert!(
+            a.apply_elements(Family::Ip, "t", vec![add(2)])
+                .unwrap()
+                .is_none()
+        );
+        a.reconcile(&plan(1)).unwrap();
+        let out = a
+            .apply_elements(Family::Ip, "t", vec![add(2)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.batch.summary().elements_added, 1);
+        // The cache now is plan(2): planning it changes nothing, and the
+        // kernel (the fake) agrees.
+        assert!(!a.reconcile_incremental(plan(2)).unwrap().changed());
+        assert!(!a.reconcile(&plan(2)).unwrap().changed());
     }
 
     #[test]

@@ -49,8 +49,13 @@ use ipnet::Ipv4Net;
 
 use crate::ipam::ExportKey;
 use crate::nft::expr::*;
+use crate::nft::priority;
 use crate::nft::{BaseChain, Chain, ChainType, DataType, Family, Hook, Rule, Set, Table, Value};
-use crate::nft::{Verdict, priority};
+
+mod elements;
+
+pub use elements::element_delta;
+use elements::{ElementSet, Shape, service_elements};
 
 /// Default name of the gateway's table.
 pub const DEFAULT_TABLE: &str = "causeway-gateway";
@@ -370,50 +375,41 @@ pub fn plan(input: &Input) -> Table {
         interval_set(&input.local_sources),
     );
 
+    let shape = Shape::of(input);
     let mut services = Set::map(service_key(), vec![DataType::Verdict]);
-    let mut slot_addrs: Vec<Set> = Vec::new();
-    let mut slot_ports: Vec<Set> = Vec::new();
-    let mut counts: BTreeSet<usize> = BTreeSet::new();
-    let mut affinity: BTreeMap<u32, Set> = BTreeMap::new();
+    let mut slot_addrs: Vec<Set> = (0..shape.slots)
+        .map(|_| Set::map(service_key(), vec![DataType::Ipv4Addr]))
+        .collect();
+    let mut slot_ports: Vec<Set> = (0..shape.slots)
+        .map(|_| Set::map(service_key(), vec![DataType::InetService]))
+        .collect();
+    let mut affinity: BTreeMap<u32, Set> = shape
+        .timeouts
+        .iter()
+        .map(|t| (*t, Set::new(service_key())))
+        .collect();
+    let mut hosts = Set::map(vec![DataType::Ipv4Addr], vec![DataType::Ipv4Addr]);
+    let mut insert = |set: ElementSet, key: Value, value: Option<Value>| {
+        let into = match set {
+            ElementSet::Services => &mut services,
+            ElementSet::SlotAddr(i) => &mut slot_addrs[i],
+            ElementSet::SlotPort(i) => &mut slot_ports[i],
+            ElementSet::Affinity(t) => affinity.get_mut(&t).expect("a timeout of the shape"),
+            ElementSet::Hosts => &mut hosts,
+        };
+        into.elements.insert(key, value);
+    };
     for svc in &input.services {
-        for p in &svc.ports {
-            let n = p.endpoints.len();
-            if n == 0 {
-                continue;
-            }
-            let key = Value::Concat(vec![
-                Value::Addr(svc.global_ip),
-                Value::Str(p.protocol.as_str().into()),
-                Value::from(p.port),
-            ]);
-            services.insert_map(key.clone(), Verdict::Goto(chains::lb(n)));
-            counts.insert(n);
-            if let Some(t) = input.affinity.get(&svc.key) {
-                affinity
-                    .entry(*t)
-                    .or_insert_with(|| Set::new(service_key()))
-                    .insert(key.clone());
-            }
-            for (i, ep) in p.endpoints.iter().enumerate() {
-                if slot_addrs.len() <= i {
-                    slot_addrs.push(Set::map(service_key(), vec![DataType::Ipv4Addr]));
-                    slot_ports.push(Set::map(service_key(), vec![DataType::InetService]));
-                }
-                slot_addrs[i].insert_map(key.clone(), *ep.ip());
-                slot_ports[i].insert_map(key.clone(), ep.port());
-            }
-        }
+        service_elements(svc, input.affinity.get(&svc.key).copied(), &mut insert);
     }
-    // Every count up to the largest (up to ALWAYS_PICK_CHAINS), so a
-    // service that shrinks or a new export with fewer endpoints never adds
-    // a chain; beyond that only the counts in use, since gn-lb-N holds N
-    // verdicts.
-    let max = counts.last().copied().unwrap_or(0);
-    for n in (1..=max.min(ALWAYS_PICK_CHAINS)).chain(counts.iter().copied()) {
-        t.chains.insert(chains::lb(n), lb_chain(n));
+    for (global, target) in &input.hosts {
+        insert(ElementSet::Hosts, (*global).into(), Some((*target).into()));
     }
-    let timeouts: BTreeSet<u32> = affinity.keys().copied().collect();
-    let slots = slot_addrs.len();
+    for n in &shape.lb {
+        t.chains.insert(chains::lb(*n), lb_chain(*n));
+    }
+    let timeouts = shape.timeouts;
+    let slots = shape.slots;
     for (i, (addrs, ports)) in slot_addrs.into_iter().zip(slot_ports).enumerate() {
         t.chains.insert(chains::slot(i), slot_chain(i, &timeouts));
         t.sets.insert(sets::slot_addr(i), addrs);
@@ -448,10 +444,6 @@ pub fn plan(input: &Input) -> Table {
     }
     t.sets.insert(sets::INGRESS_SERVICES.into(), services);
 
-    let mut hosts = Set::map(vec![DataType::Ipv4Addr], vec![DataType::Ipv4Addr]);
-    for (global, target) in &input.hosts {
-        hosts.insert_map(*global, *target);
-    }
     t.sets.insert(sets::INGRESS_HOSTS.into(), hosts);
 
     let from_remote = || match_eq(ip_saddr(), set_ref(sets::REMOTE_GLOBAL));
@@ -520,6 +512,7 @@ pub fn plan(input: &Input) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nft::Verdict;
     use crate::nft::{Applier, FakeNft};
 
     fn ep(s: &str) -> SocketAddrV4 {

@@ -143,6 +143,10 @@ pub struct Endpoint {
     /// The gateway's tunnel address, where health probes go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_ip: Option<IpAddr>,
+    /// Globalnet's egress pool, in order (the SNAT hash indexes it): the
+    /// record a newly active gateway re-adopts it from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_ips: Vec<IpAddr>,
 }
 
 /// How a ServiceImport is reached.
@@ -372,6 +376,15 @@ impl AnyRecord {
                 }
                 if let Some(n) = e.subnets.iter().find(|n| n.trunc() != **n) {
                     return Err(fail(format!("subnet {n} has host bits set")));
+                }
+                if let Some(ip) = e
+                    .egress_ips
+                    .iter()
+                    .find(|ip| !e.subnets.iter().any(|n| n.contains(*ip)))
+                {
+                    return Err(fail(format!(
+                        "egress IP {ip} is outside the gateway's subnets"
+                    )));
                 }
             }
             AnyRecord::ServiceImport(s) => {

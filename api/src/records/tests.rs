@@ -31,6 +31,7 @@ pub(crate) fn sample_endpoint(name: &str) -> Endpoint {
         backend: CableBackend::Kernel,
         mtu: 1420,
         health_check_ip: Some(ip("242.1.0.1")),
+        egress_ips: vec![ip("242.1.0.2"), ip("242.1.0.3")],
     }
 }
 
@@ -179,6 +180,8 @@ fn validation_table() {
     error_without_reason.state = ConnectionState::Error;
     let mut small_mtu = sample_endpoint("a");
     small_mtu.mtu = 500;
+    let mut foreign_egress = sample_endpoint("a");
+    foreign_egress.egress_ips.push(ip("242.0.0.2"));
 
     let cases: Vec<(&str, AnyRecord, bool)> = vec![
         ("cluster", sample_cluster("a").into(), true),
@@ -193,6 +196,8 @@ fn validation_table() {
         ("self status", self_status.into(), false),
         ("error w/o reason", error_without_reason.into(), false),
         ("mtu", small_mtu.into(), false),
+        ("egress", sample_endpoint("a").into(), true),
+        ("foreign egress", foreign_egress.into(), false),
     ];
     for (name, r, ok) in cases {
         assert_eq!(r.validate().is_ok(), ok, "{name}: {:?}", r.validate());

@@ -29,6 +29,7 @@ pub fn endpoint(cluster: &str, port: u16) -> AnyRecord {
         backend: CableBackend::Kernel,
         mtu: 1420,
         health_check_ip: None,
+        egress_ips: Vec::new(),
     }
     .into()
 }

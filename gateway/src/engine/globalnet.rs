@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
-use causeway_api::records::ServiceImport;
+use causeway_api::records::{Endpoint, ServiceImport};
 use causeway_api::source::ClusterState;
 use causeway_globalnet::ipam::{self, ExportKey, IngressKey, Owner};
 use causeway_globalnet::ruleset::{self, Protocol, ServiceIngress, ServicePort};
@@ -49,11 +49,13 @@ pub struct NatPlan {
 }
 
 /// Plans Globalnet for the exports in `state`, re-adopting the addresses
-/// that `own_imports` (this cluster's ServiceImport records) name.
+/// that this cluster's records name: its ServiceImports (ingress IPs) and
+/// its Endpoint (gateway IP and egress pool).
 pub fn plan(
     config: &GlobalnetConfig,
     state: &ClusterState,
     own_imports: &[ServiceImport],
+    own_endpoint: Option<&Endpoint>,
 ) -> NatPlan {
     let exports = exported_services(state);
     let mut wanted = BTreeSet::new();
@@ -67,6 +69,16 @@ pub fn plan(
         }
     }
     let mut records = Vec::new();
+    if let Some(e) = own_endpoint {
+        if let Some(IpAddr::V4(ip)) = e.health_check_ip {
+            records.push((Owner::Gateway, ip));
+        }
+        for ip in &e.egress_ips {
+            if let IpAddr::V4(ip) = ip {
+                records.push((Owner::Egress, *ip));
+            }
+        }
+    }
     for import in own_imports {
         let key = ExportKey::new(import.namespace.to_string(), import.name.to_string());
         if let Some(IpAddr::V4(ip)) = import.addresses.first() {
@@ -309,7 +321,7 @@ endpoints:
 
     #[test]
     fn an_export_gets_a_global_ip_that_dnats_to_its_ready_endpoints() {
-        let plan = plan(&config(), &state(&format!("{WEB}{EXPORT}")), &[]);
+        let plan = plan(&config(), &state(&format!("{WEB}{EXPORT}")), &[], None);
         assert_eq!(plan.gateway_ip, Some("242.1.0.1".parse().unwrap()));
         assert_eq!(plan.egress.len(), 2);
         let ip = plan.services[&ExportKey::new("default", "web")];
@@ -335,18 +347,59 @@ endpoints:
             "  selector: {app: web}\n",
             "  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 10}}\n",
         );
-        let plan = plan(&config(), &state(&format!("{sticky}{EXPORT}")), &[]);
+        let plan = plan(&config(), &state(&format!("{sticky}{EXPORT}")), &[], None);
         assert_eq!(
             plan.input.affinity.get(&ExportKey::new("default", "web")),
             Some(&10)
         );
-        let plain = super::plan(&config(), &state(&format!("{WEB}{EXPORT}")), &[]);
+        let plain = super::plan(&config(), &state(&format!("{WEB}{EXPORT}")), &[], None);
         assert!(plain.input.affinity.is_empty());
     }
 
     #[test]
+    fn the_egress_pool_is_readopted_from_the_endpoint_record() {
+        let first = plan(&config(), &state(&format!("{WEB}{EXPORT}")), &[], None);
+        // A record written by an earlier gateway, with a pool of its own
+        // (another default, say): the new gateway keeps it, in its order.
+        let recorded: Vec<IpAddr> =
+            vec!["242.1.0.9".parse().unwrap(), "242.1.0.8".parse().unwrap()];
+        let endpoint = Endpoint {
+            cluster: "b".parse().unwrap(),
+            node_name: "node-0".into(),
+            public_ip: None,
+            private_ip: "192.168.50.10".parse().unwrap(),
+            port: 4500,
+            public_key: causeway_api::records::WireGuardKey::from_bytes([7; 32]),
+            subnets: vec!["242.1.0.0/16".parse().unwrap()],
+            backend: causeway_api::records::CableBackend::Userspace,
+            mtu: 1420,
+            health_check_ip: Some("242.1.0.1".parse().unwrap()),
+            egress_ips: recorded.clone(),
+        };
+        let again = plan(
+            &config(),
+            &state(&format!("{WEB}{EXPORT}")),
+            &[],
+            Some(&endpoint),
+        );
+        let egress: Vec<IpAddr> = again.egress.iter().copied().map(IpAddr::V4).collect();
+        assert_eq!(egress, recorded);
+        assert_eq!(
+            again.input.egress, again.egress,
+            "the SNAT hash indexes this order"
+        );
+        assert_eq!(again.gateway_ip, first.gateway_ip);
+        let web = ExportKey::new("default", "web");
+        assert!(!again.egress.contains(&again.services[&web]));
+    }
+
+    #[test]
     fn without_an_export_nothing_is_allocated_and_a_missing_service_is_skipped() {
-        assert!(plan(&config(), &state(WEB), &[]).services.is_empty());
-        assert!(plan(&config(), &state(EXPORT), &[]).services.is_empty());
+        assert!(plan(&config(), &state(WEB), &[], None).services.is_empty());
+        assert!(
+            plan(&config(), &state(EXPORT), &[], None)
+                .services
+                .is_empty()
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use causeway_globalnet::nft::{Applier, DataType, Family, NftCli, Set, Table};
-use causeway_globalnet::ruleset::mss_chain;
+use causeway_globalnet::ruleset::{self, mss_chain};
 use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::AddressAttribute;
@@ -158,6 +158,29 @@ impl KernelDatapath {
     }
 }
 
+/// The gateway's nft table, planned only when element changes do not do.
+enum NatTable {
+    /// The MSS-only table without Globalnet.
+    Plan(Table),
+    /// Globalnet's table, from its input.
+    Globalnet(ruleset::Input),
+}
+
+impl NatTable {
+    fn plan(self) -> Table {
+        match self {
+            NatTable::Plan(table) => table,
+            NatTable::Globalnet(input) => {
+                let mut table = ruleset::plan(&input);
+                // The identity SNAT is the route agent's, on every node
+                // including this one: two NAT chains never share a priority.
+                table.chains.remove(ruleset::chains::IDENTITY);
+                table
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Datapath for KernelDatapath {
     async fn converge(&self, subnets: &BTreeSet<IpNet>) -> Result<(), String> {
@@ -170,7 +193,9 @@ impl Datapath for KernelDatapath {
         );
         let routes = self.routes.clone();
         let nat = self.nat.borrow().clone();
-        let table = match nat {
+        // What the nft table needs: element changes alone (the common case:
+        // an export or endpoint changed), or a plan to diff.
+        let (table, delta) = match nat {
             // Globalnet: NAT between local addresses and the global CIDRs of the peers.
             Some(nat) => {
                 let mut input = nat.input;
@@ -182,30 +207,23 @@ impl Datapath for KernelDatapath {
                         IpNet::V6(_) => None,
                     })
                     .collect();
-                let departed = self
+                let before = self
                     .programmed
                     .lock()
                     .expect("not poisoned")
-                    .replace(input.clone())
-                    .map(|before| {
-                        causeway_globalnet::ruleset::departed_udp_endpoints(&before, &input)
-                    })
-                    .unwrap_or_default();
-                forget_udp_flows(departed);
-                let mut table = causeway_globalnet::ruleset::plan(&input);
-                // The identity SNAT is the route agent's, on every node
-                // including this one: two NAT chains never share a priority.
-                table
-                    .chains
-                    .remove(causeway_globalnet::ruleset::chains::IDENTITY);
-                table
+                    .replace(input.clone());
+                let delta = before.as_ref().and_then(|before| {
+                    forget_udp_flows(ruleset::departed_udp_endpoints(before, &input));
+                    ruleset::element_delta(before, &input)
+                });
+                (NatTable::Globalnet(input), delta)
             }
             None if self.global_cidr.is_some() => return Ok(()),
-            None => tunnel_table(subnets, self.mtu),
+            None => (NatTable::Plan(tunnel_table(subnets, self.mtu)), None),
         };
         let nft = self.nft.clone();
         let last_full = self.last_full.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
             routes.reconcile(&plan).map_err(|e| e.to_string())?;
             // Against the last plan on events; a full listing (drift repair)
             // at most once a minute, since at 10,000 exports it costs a second.
@@ -213,6 +231,13 @@ impl Datapath for KernelDatapath {
                 .lock()
                 .expect("not poisoned")
                 .is_none_or(|t| t.elapsed() >= FULL_RESYNC);
+            if !full
+                && let Some(ops) = delta
+                && let Ok(Some(_)) = nft.apply_elements(Family::Ip, GATEWAY_TABLE, ops)
+            {
+                return Ok(());
+            }
+            let table = table.plan();
             if full {
                 nft.reconcile(&table).map_err(|e| e.to_string())?;
                 *last_full.lock().expect("not poisoned") = Some(std::time::Instant::now());
@@ -223,7 +248,13 @@ impl Datapath for KernelDatapath {
             Ok(())
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if result.is_err() {
+            // The next round must not take a delta from an input that never
+            // reached the kernel: it plans in full.
+            *self.programmed.lock().expect("not poisoned") = None;
+        }
+        result
     }
 
     async fn withdraw(&self) -> Result<(), String> {

@@ -17,9 +17,14 @@ use tokio_util::sync::CancellationToken;
 /// How often a failed write is retried when no event comes.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Keeps `records` in `store`: puts each one that is missing or differs,
-/// again whenever someone changes or deletes it, until `stop`.
-pub async fn publish(store: Arc<dyn Store>, records: Vec<AnyRecord>, stop: CancellationToken) {
+/// Keeps `records` (once known, and as they change) in `store`: puts each
+/// one that is missing or differs, again whenever someone changes or
+/// deletes it, until `stop`.
+pub async fn publish(
+    store: Arc<dyn Store>,
+    mut records: watch::Receiver<Option<Vec<AnyRecord>>>,
+    stop: CancellationToken,
+) {
     let mut events = store.watch(None, None);
     let mut seen = RecordSet::default();
     let mut tick = tokio::time::interval(RETRY);
@@ -31,11 +36,13 @@ pub async fn publish(store: Arc<dyn Store>, records: Vec<AnyRecord>, stop: Cance
                 None => return,
             },
             _ = tick.tick() => {}
+            r = records.changed() => if r.is_err() { return },
         }
-        if !seen.is_synced() {
+        let wanted = records.borrow().clone();
+        let Some(wanted) = wanted.filter(|_| seen.is_synced()) else {
             continue;
-        }
-        for record in &records {
+        };
+        for record in &wanted {
             if seen.get(&record.key()) != Some(record)
                 && let Err(e) = store.put(record).await
             {

@@ -333,6 +333,29 @@ fn add_rules(name: &str, chain: &Chain, ops: &mut Vec<Op>) {
     }
 }
 
+/// Applies the element operations of a transaction to the plan it was
+/// computed from, so the plan stays the record of what the kernel holds.
+/// Other operations are not element changes and are left out.
+pub(crate) fn apply_to_plan(plan: &mut Table, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::DeleteElements { set, keys } => {
+                if let Some(set) = plan.sets.get_mut(set) {
+                    for key in keys {
+                        set.elements.remove(key);
+                    }
+                }
+            }
+            Op::AddElements { set, elements } => {
+                if let Some(set) = plan.sets.get_mut(set) {
+                    set.elements.extend(elements.iter().cloned());
+                }
+            }
+            _ => debug_assert!(false, "not an element change: {op:?}"),
+        }
+    }
+}
+
 type Elements = BTreeMap<Value, Option<Value>>;
 
 /// Keys to delete (gone, or whose value changed) and elements to add, in
