@@ -736,9 +736,9 @@ pub struct GlobalnetStatus {
     pub exports: std::collections::BTreeMap<String, Vec<String>>,
 }
 
-/// The cluster's Globalnet addresses: the pool is what the gateway's IPAM
-/// allocates first (gateway, then the egress pool), the exports' IPs what its
-/// ServiceImport records name.
+/// The cluster's Globalnet addresses: the egress pool its Endpoint record
+/// names (before a gateway has published one, what the gateway's IPAM
+/// allocates first), the exports' IPs what its ServiceImport records name.
 fn globalnet_status(state: &LabState, cluster: &ClusterPlan) -> Option<GlobalnetStatus> {
     use causeway_globalnet::ipam;
     let cidr: ipnet::Ipv4Net = global_cidr(state, &cluster.name)
@@ -762,10 +762,29 @@ fn globalnet_status(state: &LabState, cluster: &ClusterPlan) -> Option<Globalnet
             )
         })
         .collect();
+    let recorded: Vec<Ipv4Addr> = store_records(cluster, causeway_api::records::Kind::Endpoint)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| match r {
+            causeway_api::records::AnyRecord::Endpoint(e) if e.cluster.as_str() == cluster.name => {
+                Some(e.egress_ips)
+            }
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|ip| match ip {
+            std::net::IpAddr::V4(ip) => Some(ip),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
     Some(GlobalnetStatus {
         global_cidr: cidr.to_string(),
         gateway_ip: allocation.gateway.ok(),
-        egress_ips: allocation.egress,
+        egress_ips: if recorded.is_empty() {
+            allocation.egress
+        } else {
+            recorded
+        },
         exports,
     })
 }

@@ -332,7 +332,13 @@ fn run(cli: Cli) -> Result<()> {
                 ShowCmd::Exports(a) => (a, Kind::ServiceImport),
             };
             let broker = broker::BrokerFile::load(&args.broker_config)?;
-            let records = runtime()?.block_on(show::list(&broker, kind))?;
+            let mut records = runtime()?.block_on(show::list(&broker, kind))?;
+            if let ShowCmd::Exports(_) = what {
+                // Each cluster's global CIDR and egress pool head the exports.
+                for kind in [Kind::Cluster, Kind::Endpoint] {
+                    records.extend(runtime()?.block_on(show::list(&broker, kind))?);
+                }
+            }
             let text = match (&what, args.output) {
                 (ShowCmd::Endpoints(_), Output::Text) => {
                     show::render_endpoints(&show::endpoints(&records))
@@ -340,9 +346,11 @@ fn run(cli: Cli) -> Result<()> {
                 (ShowCmd::Connections(_), Output::Text) => {
                     show::render_connections(&show::connections(&records))
                 }
-                (ShowCmd::Exports(_), Output::Text) => {
+                (ShowCmd::Exports(_), Output::Text) => format!(
+                    "{}{}",
+                    show::render_globals(&show::cluster_globals(&records)),
                     show::render_imports(&show::imports(&records))
-                }
+                ),
                 (ShowCmd::Endpoints(_), Output::Json) => {
                     serde_json::to_string_pretty(&show::endpoints(&records))?
                 }
@@ -350,7 +358,10 @@ fn run(cli: Cli) -> Result<()> {
                     serde_json::to_string_pretty(&show::connections(&records))?
                 }
                 (ShowCmd::Exports(_), Output::Json) => {
-                    serde_json::to_string_pretty(&show::imports(&records))?
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "clusters": show::cluster_globals(&records),
+                        "exports": show::imports(&records),
+                    }))?
                 }
             };
             print!("{text}");

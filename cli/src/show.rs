@@ -45,6 +45,63 @@ pub fn imports(records: &[AnyRecord]) -> Vec<&ServiceImport> {
         .collect()
 }
 
+/// A cluster's global addresses: its global CIDR (Cluster record) and the
+/// egress pool its active gateway publishes (Endpoint record).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterGlobals {
+    pub cluster: String,
+    pub global_cidr: Option<String>,
+    pub egress_ips: Vec<std::net::IpAddr>,
+}
+
+/// The global addresses of every cluster with a global CIDR.
+pub fn cluster_globals(records: &[AnyRecord]) -> Vec<ClusterGlobals> {
+    let mut out: std::collections::BTreeMap<String, ClusterGlobals> = Default::default();
+    for r in records {
+        let (id, cidr, egress) = match r {
+            AnyRecord::Cluster(c) => (&c.id, c.global_cidr.map(|g| g.to_string()), None),
+            AnyRecord::Endpoint(e) => (&e.cluster, None, Some(e.egress_ips.clone())),
+            _ => continue,
+        };
+        let entry = out.entry(id.to_string()).or_insert_with(|| ClusterGlobals {
+            cluster: id.to_string(),
+            global_cidr: None,
+            egress_ips: Vec::new(),
+        });
+        entry.global_cidr = entry.global_cidr.take().or(cidr);
+        if let Some(egress) = egress {
+            entry.egress_ips = egress;
+        }
+    }
+    out.into_values()
+        .filter(|c| c.global_cidr.is_some())
+        .collect()
+}
+
+/// One line per cluster with a global CIDR, above the exports table.
+pub fn render_globals(globals: &[ClusterGlobals]) -> String {
+    let mut out = String::new();
+    for g in globals {
+        let egress: Vec<String> = g.egress_ips.iter().map(ToString::to_string).collect();
+        let egress = if egress.is_empty() {
+            "-".to_owned()
+        } else {
+            egress.join(",")
+        };
+        let _ = writeln!(
+            out,
+            "cluster {}: global CIDR {}, egress IPs {egress}",
+            g.cluster,
+            g.global_cidr.as_deref().unwrap_or("-"),
+        );
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
 /// `show endpoints` as a table.
 pub fn render_endpoints(endpoints: &[&Endpoint]) -> String {
     let mut out = format!(

@@ -67,20 +67,20 @@ fn after_failover_the_same_global_ip_serves_the_same_service() {
     let lab = Lab::up("gfail", &[]);
     lab.export("b", "default/web");
     lab.echo_eventually("a/client-0", B_WEB);
-    let active = lab.status()["active_gateways"]["b"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let status = lab.status();
+    let active = status["active_gateways"]["b"].as_str().unwrap().to_owned();
+    // b's egress pool, as its active gateway's Endpoint record names it.
+    let egress = status["globalnet"]["b"]["egress_ips"].clone();
+    assert_eq!(egress.as_array().map(Vec::len), Some(8), "{status}");
     ok(
         causeway(&["lab", "kill", "--name", &lab.name, &format!("b/{active}")]),
         "kill",
     );
     let reply = lab.echo_eventually("a/client-0", B_WEB);
     assert_eq!(reply["cluster"], "b", "{reply}");
-    assert_ne!(
-        lab.status()["active_gateways"]["b"].as_str().unwrap(),
-        active
-    );
+    let status = lab.status();
+    assert_ne!(status["active_gateways"]["b"].as_str().unwrap(), active);
+    assert_eq!(status["globalnet"]["b"]["egress_ips"], egress, "{status}");
 }
 
 /// Rewrites b's `default/web` EndpointSlice to hold only `pods` (name, IP).
