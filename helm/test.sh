@@ -9,7 +9,9 @@
 # validated strictly against the Kubernetes schemas of the oldest and newest
 # versions docs/install.md supports (helm/test/validate.py); every
 # helm/causeway/ci/bad/*.yaml must fail with the message on its
-# `# expect: ...` line; and each chart's crds/ must equal `causeway crdgen`.
+# `# expect: ...` line; the CoreDNS Jobs' scripts must add, replace and remove
+# their block (helm/test/hooks.py); and each chart's crds/ must equal
+# `causeway crdgen`.
 # Exits non-zero on any failure; prints a summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -102,6 +104,15 @@ if "$HELM" template causeway helm/causeway >"$OUT/defaults.log" 2>&1; then
   bad "helm/causeway rendered without cluster.id"
 elif grep -qF "cluster.id is required" "$OUT/defaults.log"; then ok; else
   bad "helm/causeway without values failed with another message" "$OUT/defaults.log"
+fi
+
+# The CoreDNS Jobs' scripts, run against a fake kubectl with the real
+# `causeway lighthouse corefile` (needs the binary, as the drift test does).
+if [ -x "$BIN" ]; then
+  if "$PY" helm/test/hooks.py "$HELM" helm/causeway "$BIN" target/k8s-tools/bin/kubectl \
+    >"$OUT/hooks.log" 2>&1; then ok; else
+    bad "the CoreDNS patch/unpatch Jobs (helm/test/hooks.py)" "$OUT/hooks.log"
+  fi
 fi
 
 # CRD drift: crds/ is `causeway crdgen` output, in both charts.
