@@ -33,14 +33,21 @@ use serde::Serialize;
 
 use crate::netns;
 use plan::{
-    ClusterPlan, DNS_PORT, ECHO_PORT, ETCD_PORT, LabName, LabPlan, LabSpec, WanPlan, netns_prefix,
+    CALICO_VXLAN_DEVICE, ClusterPlan, Cni, CniChoice, DNS_PORT, ECHO_PORT, ETCD_PORT, LabName,
+    LabPlan, LabSpec, WanPlan, netns_prefix,
 };
 use state::{LabState, ProcessRecord, run_dir};
 
-/// Builds lab `spec.name` and starts its daemons. Refuses a name that is up
-/// already; a build that fails halfway is taken down again.
+/// Builds lab `spec.name` of Flannel clusters and starts its daemons.
+/// Refuses a name that is up already; a build that fails halfway is taken
+/// down again.
 pub fn up(spec: LabSpec) -> Result<LabState> {
-    let plan = LabPlan::new(spec).map_err(|e| anyhow!(e))?;
+    up_with(spec, &CniChoice::default())
+}
+
+/// [`up`] with each cluster wired like the CNI `cni` names for it.
+pub fn up_with(spec: LabSpec, cni: &CniChoice) -> Result<LabState> {
+    let plan = LabPlan::with_cni(spec, cni).map_err(|e| anyhow!(e))?;
     let name = plan.spec.name.clone();
     if is_up(&name) {
         bail!(
@@ -232,8 +239,9 @@ fn start_gateways(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
         match &global {
             // Globalnet gives the gateway its tunnel address.
             Some(g) => args.push(format!("--global-cidr={g}")),
-            // The tunnel address: the last address of the node's own pod slice.
-            None => args.push(format!("--tunnel-ip={}", nth_last(node.pod_slice, 1))),
+            // The tunnel address: the last address of the node's own pod
+            // slice (Flannel) or block (Calico).
+            None => args.push(format!("--tunnel-ip={}", nth_last(node.pod_range(), 1))),
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let target = format!("{}/{}", cluster.name, node.name);
@@ -287,6 +295,10 @@ fn start_route_agents(state: &mut LabState, cluster: &ClusterPlan) -> Result<()>
             format!("--node-cidr={}", cluster.node_cidr),
             "--rp-filter-interface=eth0".to_owned(),
         ];
+        if cluster.cni == Cni::Calico {
+            // Traffic between nodes also comes in over VXLAN.
+            args.push(format!("--rp-filter-interface={CALICO_VXLAN_DEVICE}"));
+        }
         if let Some(g) = &global {
             args.push(format!("--global-cidr={g}"));
         }
@@ -874,8 +886,8 @@ pub fn render_status(s: &LabStatus) -> String {
     for c in &s.clusters {
         let _ = writeln!(
             out,
-            "\ncluster {}  pods {}  services {}  nodes {}",
-            c.name, c.pod_cidr, c.service_cidr, c.node_cidr
+            "\ncluster {}  cni {}  pods {}  services {}  nodes {}",
+            c.name, c.cni, c.pod_cidr, c.service_cidr, c.node_cidr
         );
         let active = s.active_gateways.get(&c.name).cloned().flatten();
         let _ = writeln!(
@@ -902,7 +914,13 @@ pub fn render_status(s: &LabStatus) -> String {
         let _ = writeln!(
             out,
             "  {:<10} {:<16} {:<16} {:<16} ROLE",
-            "NODE", "ADDRESS", "WAN", "POD SLICE"
+            "NODE",
+            "ADDRESS",
+            "WAN",
+            match c.cni {
+                Cni::Flannel => "POD SLICE",
+                Cni::Calico => "IPAM BLOCK",
+            }
         );
         for n in &c.nodes {
             let wan = n
@@ -920,12 +938,20 @@ pub fn render_status(s: &LabStatus) -> String {
                 n.name,
                 n.ip,
                 wan,
-                n.pod_slice.to_string()
+                n.pod_range().to_string()
             );
         }
-        let _ = writeln!(out, "  {:<10} {:<16} {:<16}", "POD", "ADDRESS", "NODE");
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<16} {:<16} HOST VETH",
+            "POD", "ADDRESS", "NODE"
+        );
         for p in &c.pods {
-            let _ = writeln!(out, "  {:<10} {:<16} {:<16}", p.name, p.ip, p.node);
+            let _ = writeln!(
+                out,
+                "  {:<10} {:<16} {:<16} {}",
+                p.name, p.ip, p.node, p.host_veth
+            );
         }
         for svc in &c.services {
             let _ = writeln!(

@@ -183,6 +183,10 @@ enum LabCmd {
         /// the same kubeadm defaults.
         #[arg(long)]
         distinct_cidrs: bool,
+        /// The CNI the clusters are wired like: `flannel` or `calico` for
+        /// all, or per cluster (`a=flannel,b=calico`).
+        #[arg(long, default_value = "flannel")]
+        cni: lab::plan::CniChoice,
     },
     /// Stop every process of the lab and remove everything it made.
     Down {
@@ -466,12 +470,16 @@ fn run_lab(cmd: LabCmd) -> Result<()> {
             lab,
             clusters,
             distinct_cidrs,
+            cni,
         } => {
-            let state = lab::up(LabSpec {
-                name: lab.name.clone(),
-                clusters,
-                distinct_cidrs,
-            })?;
+            let state = lab::up_with(
+                LabSpec {
+                    name: lab.name.clone(),
+                    clusters,
+                    distinct_cidrs,
+                },
+                &cni,
+            )?;
             print!(
                 "{}",
                 lab::render_status(&lab::status(&state.plan.spec.name)?)

@@ -111,16 +111,44 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// `causeway lab up --name <unique> EXTRA...`
+    /// `causeway lab up --name <unique> EXTRA...`, with the CNI of
+    /// `$CAUSEWAY_TEST_CNI` when it is set (`calico`, `a=flannel,b=calico`),
+    /// so the whole suite can run under another CNI; else the lab's default
+    /// (or the `--cni` among `extra`).
     pub fn up(tag: &str, extra: &[&str]) -> Self {
+        let cni = std::env::var("CAUSEWAY_TEST_CNI")
+            .ok()
+            .filter(|_| !extra.contains(&"--cni"));
+        Self::up_with(tag, cni.as_deref(), extra)
+    }
+
+    /// `causeway lab up --name <unique> --cni CNI EXTRA...`: `cni` is what
+    /// `--cni` takes (`calico`, `a=flannel,b=calico`); `None` leaves the
+    /// lab's default (Flannel).
+    pub fn up_with(tag: &str, cni: Option<&str>, extra: &[&str]) -> Self {
         require_root();
         let lab = Self {
             name: unique_name(tag),
         };
         let mut args = vec!["lab", "up", "--name", &lab.name];
+        if let Some(cni) = cni {
+            args.extend_from_slice(&["--cni", cni]);
+        }
         args.extend_from_slice(extra);
         ok(causeway(&args), "lab up");
         lab
+    }
+
+    /// The CNI `lab status` reports for `cluster`.
+    pub fn cni(&self, cluster: &str) -> String {
+        self.status()["clusters"]
+            .as_array()
+            .expect("clusters")
+            .iter()
+            .find(|c| c["name"] == cluster)
+            .and_then(|c| c["cni"].as_str())
+            .unwrap_or_else(|| panic!("lab status names no CNI for cluster {cluster}"))
+            .to_owned()
     }
 
     /// `causeway lab exec --name LAB TARGET -- CMD...`

@@ -1,17 +1,26 @@
 //! Realises a [`LabPlan`] in the kernel: namespaces, bridges, veth pairs,
-//! addresses and routes through rtnetlink, and the Flannel-style
-//! masquerade rules through `nft`. Every step records what it made in the
-//! lab's state first, so `lab down` can undo a build that failed halfway.
+//! VXLAN devices, addresses, routes and neighbours through rtnetlink, the
+//! Flannel-style masquerade rules through `nft`, and Calico's `natOutgoing`
+//! through `iptables-nft-restore`, as each CNI writes them. Every step
+//! records what it made in the lab's state first, so `lab down` can undo a
+//! build that failed halfway.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+use netlink_packet_route::route::{RouteScope, RouteType};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
-use super::plan::{ClusterPlan, LabPlan, NodePlan};
+use super::plan::{
+    CALICO_HOST_VETH_MAC, CALICO_POD_GATEWAY, CALICO_VXLAN_DEVICE, CALICO_VXLAN_MTU,
+    CALICO_VXLAN_PORT, CALICO_VXLAN_VNI, ClusterPlan, Cni, LabPlan, NodePlan,
+};
 use super::state::LabState;
 use crate::netns;
 
@@ -81,7 +90,10 @@ fn build_cluster(cluster: &ClusterPlan) -> Result<()> {
         links.up("eth0").await
     })?;
     for node in &cluster.nodes {
-        build_node(cluster, node)?;
+        match cluster.cni {
+            Cni::Flannel => build_node(cluster, node)?,
+            Cni::Calico => build_calico_node(cluster, node)?,
+        }
     }
     for pod in &cluster.pods {
         let node = cluster
@@ -90,14 +102,187 @@ fn build_cluster(cluster: &ClusterPlan) -> Result<()> {
             .find(|n| n.name == pod.node)
             .ok_or_else(|| anyhow!("pod {} is planned on unknown node {}", pod.name, pod.node))?;
         let (ip, prefix, gateway) = (pod.ip, node.pod_slice.prefix_len(), node.bridge_ip);
-        netns::run(&pod.netns, move |h| async move {
-            let links = Links(h);
-            links.address("eth0", ip, prefix).await?;
-            links.up("eth0").await?;
-            links.default_route(gateway).await
-        })?;
+        match cluster.cni {
+            Cni::Flannel => netns::run(&pod.netns, move |h| async move {
+                let links = Links(h);
+                links.address("eth0", ip, prefix).await?;
+                links.up("eth0").await?;
+                links.default_route(gateway).await
+            })?,
+            // What Calico's CNI plugin does inside the pod: a /32, an
+            // on-link route to a gateway nobody holds, the default via it.
+            Cni::Calico => netns::run(&pod.netns, move |h| async move {
+                let links = Links(h);
+                links.mtu("eth0", CALICO_VXLAN_MTU).await?;
+                links.address("eth0", ip, 32).await?;
+                links.up("eth0").await?;
+                links.link_route("eth0", CALICO_POD_GATEWAY, 32).await?;
+                links.default_route(CALICO_POD_GATEWAY).await
+            })?,
+        }
     }
     Ok(())
+}
+
+/// A Calico node: its node-network and wan addresses; `vxlan.calico` with
+/// static FDB and neighbour entries for every other node and a route to
+/// each other node's block via that node's VXLAN address (what Felix
+/// programs in VXLAN mode); a blackhole for its own block; each pod behind
+/// a `cali*` veth with proxy ARP and a /32 route (what Calico's CNI plugin
+/// and Felix do); IP forwarding; and `natOutgoing`.
+fn build_calico_node(cluster: &ClusterPlan, node: &NodePlan) -> Result<()> {
+    let calico = node.calico.clone().ok_or_else(|| {
+        anyhow!(
+            "node {} of Calico cluster {} has no block",
+            node.name,
+            cluster.name
+        )
+    })?;
+    let vtep_mac = parse_mac(&calico.vtep_mac)?;
+    let mut peers = Vec::new();
+    for n in cluster.nodes.iter().filter(|n| n.name != node.name) {
+        let c = n.calico.as_ref().ok_or_else(|| {
+            anyhow!(
+                "node {} of Calico cluster {} has no block",
+                n.name,
+                cluster.name
+            )
+        })?;
+        peers.push((n.ip, c.vtep_ip, parse_mac(&c.vtep_mac)?, c.block));
+    }
+    let pods: Vec<(String, String, Ipv4Addr)> = cluster
+        .pods
+        .iter()
+        .filter(|p| p.node == node.name)
+        .map(|p| (p.host_veth.clone(), p.netns.clone(), p.ip))
+        .collect();
+    let veths: Vec<String> = pods.iter().map(|(veth, _, _)| veth.clone()).collect();
+    let (ip, node_prefix) = (node.ip, cluster.node_cidr.prefix_len());
+    let wan = node.wan_ip.map(|ip| (ip, 24u8));
+    netns::run(&node.netns, move |h| async move {
+        let links = Links(h);
+        links.address("eth0", ip, node_prefix).await?;
+        links.up("eth0").await?;
+        if let Some((wan_ip, prefix)) = wan {
+            links.address("wan0", wan_ip, prefix).await?;
+            links.up("wan0").await?;
+        }
+        // Proxy ARP answers for 169.254.1.1 only when the node has a route
+        // to it out of another interface; a real node's default route
+        // gives it one. The node network has no router, so this default
+        // leads nowhere: unrouted traffic dies unanswered on the node
+        // network, as it would at a router without a route.
+        links.default_device_route("eth0").await?;
+        links
+            .vxlan(CALICO_VXLAN_DEVICE, ip, "eth0", vtep_mac)
+            .await?;
+        links
+            .address(CALICO_VXLAN_DEVICE, calico.vtep_ip, 32)
+            .await?;
+        for (node_ip, vtep_ip, mac, block) in peers {
+            links.neighbour(CALICO_VXLAN_DEVICE, vtep_ip, mac).await?;
+            links.fdb(CALICO_VXLAN_DEVICE, mac, node_ip).await?;
+            links
+                .onlink_route(
+                    block.network(),
+                    block.prefix_len(),
+                    vtep_ip,
+                    CALICO_VXLAN_DEVICE,
+                )
+                .await?;
+        }
+        links
+            .blackhole(calico.block.network(), calico.block.prefix_len())
+            .await?;
+        for (veth, pod_netns, pod_ip) in pods {
+            links.veth_to_netns(&veth, "eth0", &pod_netns).await?;
+            links.mac(&veth, CALICO_HOST_VETH_MAC).await?;
+            links.mtu(&veth, CALICO_VXLAN_MTU).await?;
+            links.link_route(&veth, pod_ip, 32).await?;
+        }
+        Ok(())
+    })?;
+    netns::sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
+    let restore = calico_nat_outgoing(cluster);
+    netns::within(&node.netns, move || {
+        for veth in &veths {
+            // What Calico's CNI plugin and Felix set on a workload's veth;
+            // strict rp_filter stops a pod spoofing its source.
+            for (key, value) in [
+                (format!("ipv4/conf/{veth}/proxy_arp"), "1"),
+                (format!("ipv4/neigh/{veth}/proxy_delay"), "0"),
+                (format!("ipv4/conf/{veth}/forwarding"), "1"),
+                (format!("ipv4/conf/{veth}/route_localnet"), "1"),
+                (format!("ipv4/conf/{veth}/rp_filter"), "1"),
+            ] {
+                let file = format!("/proc/sys/net/{key}");
+                std::fs::write(&file, value).with_context(|| format!("write {value} to {file}"))?;
+            }
+        }
+        iptables_nft_restore(&restore)
+    })
+}
+
+/// The NAT rules Calico's iptables data plane writes for a pool with
+/// `natOutgoing: true`, in table `nat` through iptables-nft: POSTROUTING
+/// jumps to `cali-POSTROUTING`, which jumps to `cali-nat-outgoing`, which
+/// masquerades pod traffic leaving the pool; and host-sourced traffic into
+/// `vxlan.calico` is masqueraded to the tunnel address. Felix matches the
+/// pools with ipsets (`cali40masq-ipam-pools`, `cali40all-ipam-pools`); with
+/// the lab's one pool, the pod CIDR stands for both.
+fn calico_nat_outgoing(cluster: &ClusterPlan) -> String {
+    let pool = cluster.pod_cidr;
+    format!(
+        "*nat\n\
+         :POSTROUTING ACCEPT [0:0]\n\
+         :cali-POSTROUTING - [0:0]\n\
+         :cali-nat-outgoing - [0:0]\n\
+         -A POSTROUTING -m comment --comment \"cali:lab-postrouting\" -j cali-POSTROUTING\n\
+         -A cali-POSTROUTING -m comment --comment \"cali:lab-nat-outgoing\" -j cali-nat-outgoing\n\
+         -A cali-POSTROUTING -o {CALICO_VXLAN_DEVICE} -m addrtype ! --src-type LOCAL --limit-iface-out -m addrtype --src-type LOCAL -m comment --comment \"cali:lab-vxlan-host\" -j MASQUERADE --random-fully\n\
+         -A cali-nat-outgoing -s {pool} ! -d {pool} -m comment --comment \"cali:lab-masq-pools\" -j MASQUERADE --random-fully\n\
+         COMMIT\n"
+    )
+}
+
+/// `iptables-nft-restore --noflush`, as Felix writes its chains, in the
+/// calling thread's namespace.
+fn iptables_nft_restore(rules: &str) -> Result<()> {
+    let mut child = Command::new("iptables-nft-restore")
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run iptables-nft-restore (Debian package `iptables`) for Calico's natOutgoing")?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("iptables-nft-restore has no stdin"))?
+        .write_all(rules.as_bytes())
+        .context("write Calico's rules to iptables-nft-restore")?;
+    let out = child
+        .wait_with_output()
+        .context("wait for iptables-nft-restore")?;
+    if !out.status.success() {
+        bail!(
+            "iptables-nft-restore refused Calico's natOutgoing rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `66:ca:...` as six bytes.
+fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("MAC address {text:?}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow!("MAC address {text:?} is not six bytes"))
 }
 
 /// A node: its node-network and wan addresses, the `cni0` bridge with its
@@ -297,5 +482,141 @@ impl Links {
     /// `ip route add default via VIA`
     async fn default_route(&self, via: Ipv4Addr) -> Result<()> {
         self.route(Ipv4Addr::UNSPECIFIED, 0, via).await
+    }
+
+    /// `ip route add default dev NAME`
+    async fn default_device_route(&self, name: &str) -> Result<()> {
+        self.link_route(name, Ipv4Addr::UNSPECIFIED, 0).await
+    }
+
+    /// `ip route add DST/PREFIX dev NAME scope link`
+    async fn link_route(&self, name: &str, dst: Ipv4Addr, prefix: u8) -> Result<()> {
+        let index = self.index(name).await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        self.0
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("add route {dst}/{prefix} dev {name}"))
+    }
+
+    /// `ip route add DST/PREFIX via VIA dev NAME onlink`
+    async fn onlink_route(
+        &self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        via: Ipv4Addr,
+        name: &str,
+    ) -> Result<()> {
+        let index = self.index(name).await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .gateway(via)
+            .output_interface(index)
+            .onlink()
+            .build();
+        self.0
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("add route {dst}/{prefix} via {via} dev {name} onlink"))
+    }
+
+    /// `ip route add blackhole DST/PREFIX`
+    async fn blackhole(&self, dst: Ipv4Addr, prefix: u8) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .kind(RouteType::BlackHole)
+            .build();
+        self.0
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .with_context(|| format!("add blackhole route {dst}/{prefix}"))
+    }
+
+    /// `ip link set NAME address MAC`
+    async fn mac(&self, name: &str, mac: [u8; 6]) -> Result<()> {
+        let index = self.index(name).await?;
+        self.0
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("set the MAC of {name}"))
+    }
+
+    /// `ip link set NAME mtu MTU`
+    async fn mtu(&self, name: &str, mtu: u32) -> Result<()> {
+        let index = self.index(name).await?;
+        self.0
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("set the MTU of {name} to {mtu}"))
+    }
+
+    /// `ip link add NAME type vxlan id 4096 local LOCAL dev DEV dstport 4789
+    /// nolearning && ip link set NAME address MAC mtu 1450 up`, as Felix
+    /// makes `vxlan.calico`.
+    async fn vxlan(&self, name: &str, local: Ipv4Addr, dev: &str, mac: [u8; 6]) -> Result<()> {
+        let dev_index = self.index(dev).await?;
+        self.0
+            .link()
+            .add(
+                LinkVxlan::new(name, CALICO_VXLAN_VNI)
+                    .dev(dev_index)
+                    .local(local)
+                    .port(CALICO_VXLAN_PORT)
+                    .learning(false)
+                    .mtu(CALICO_VXLAN_MTU)
+                    .address(mac.to_vec())
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("add VXLAN device {name}"))
+    }
+
+    /// `ip neigh replace IP dev NAME lladdr MAC nud permanent`
+    async fn neighbour(&self, name: &str, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        let index = self.index(name).await?;
+        self.0
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("add neighbour {ip} on {name}"))
+    }
+
+    /// `bridge fdb replace MAC dev NAME dst DST self permanent`
+    async fn fdb(&self, name: &str, mac: [u8; 6], dst: Ipv4Addr) -> Result<()> {
+        let index = self.index(name).await?;
+        self.0
+            .neighbours()
+            .add_bridge(index, &mac)
+            .destination(IpAddr::V4(dst))
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("add FDB entry for {dst} on {name}"))
     }
 }
