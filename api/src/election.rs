@@ -71,4 +71,10 @@ pub trait Elector: Send + Sync {
     /// Stops campaigning and gives up the lease so another candidate takes
     /// over at once. `active` reads `false` before the lease is released.
     async fn resign(&self) -> Result<()>;
+
+    /// Whether this candidate's last campaign round reached the store (a
+    /// standby that can take over); `None` when the backend does not say.
+    fn campaign_ok(&self) -> Option<watch::Receiver<bool>> {
+        None
+    }
 }

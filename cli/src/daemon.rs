@@ -1,6 +1,8 @@
-//! The daemons: `causeway gateway` (and later the route agent and the DNS
-//! server). Each parses its flags into typed config, connects to the
-//! cluster's own store and the broker, and hands over to the library.
+//! The daemons: `causeway gateway`, `causeway route-agent` and `causeway
+//! lighthouse`. Each parses its flags into typed config, connects to the
+//! cluster's own store (etcd in the lab, or with `--store kubernetes` the
+//! cluster's API: [`KubeCluster`]) and, for the gateway, the broker, and
+//! hands over to the library.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -8,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use causeway_api::election::{ElectionConfig, Elector, EtcdElector};
+use causeway_api::election::{ElectionConfig, Elector, EtcdElector, KubeLeaseElector, LeaseConfig};
 use causeway_api::records::{CableBackend, ClusterId, GlobalCidr};
-use causeway_api::source::{ClusterSource, ManifestDirSource};
-use causeway_api::store::{EtcdConfig, EtcdStore, Store};
+use causeway_api::source::{ClusterSource, KubeSource, ManifestDirSource};
+use causeway_api::store::{EtcdConfig, EtcdStore, KubeStore, Store};
 use causeway_gateway::cable::embedded::EmbeddedCable;
 use causeway_gateway::cable::mtu::{Family, tunnel_mtu};
 use causeway_gateway::cable::wgctrl::WgctrlCable;
@@ -19,9 +21,11 @@ use causeway_gateway::cable::{Cable, InterfaceName, KeyPair};
 use causeway_gateway::engine::globalnet::GlobalnetConfig;
 use causeway_gateway::engine::kernel::KernelDatapath;
 use causeway_gateway::engine::{Gateway, GatewayConfig, GatewayState};
+use causeway_lighthouse::export::kube_status::{KubeStatusWriter, StatusWriter};
 use clap::{Args, ValueEnum};
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::ConfigMap;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 use tokio::sync::watch;
@@ -41,6 +45,163 @@ pub enum CableFlag {
     WireguardGo,
 }
 
+/// Where a daemon's cluster store is (flags shared by every daemon).
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// The cluster's own store: `kubernetes` (the cluster's API, in-cluster
+    /// config else KUBECONFIG) or etcd endpoints, comma-separated.
+    #[arg(long, env = "CAUSEWAY_STORE", value_delimiter = ',')]
+    pub store: Vec<String>,
+    /// With `--store kubernetes`: the namespace of Causeway's records and the
+    /// gateway Lease (the release namespace).
+    #[arg(long, env = "CAUSEWAY_NAMESPACE", default_value = "causeway")]
+    pub namespace: String,
+}
+
+/// Which store `--store` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The cluster's Kubernetes API, records in this namespace.
+    Kubernetes { namespace: String },
+    /// An etcd per cluster (the lab).
+    Etcd(Vec<String>),
+}
+
+impl StoreArgs {
+    /// The store these flags name.
+    pub fn choice(&self) -> Result<StoreChoice> {
+        match self.store.as_slice() {
+            [] => bail!("--store is required: `kubernetes`, or the cluster's own etcd endpoints"),
+            [k] if k == "kubernetes" => Ok(StoreChoice::Kubernetes {
+                namespace: self.namespace.clone(),
+            }),
+            many if many.iter().any(|s| s == "kubernetes") => {
+                bail!("--store kubernetes takes no etcd endpoints besides")
+            }
+            endpoints => Ok(StoreChoice::Etcd(endpoints.to_vec())),
+        }
+    }
+}
+
+/// The cluster's address ranges (flags shared by the gateway and the route
+/// agent). With `--store kubernetes` pod and service CIDRs are discovered
+/// when not given; flags win.
+#[derive(Args, Debug, Clone)]
+pub struct CidrArgs {
+    #[arg(long = "pod-cidr")]
+    pub pod_cidrs: Vec<IpNet>,
+    #[arg(long = "service-cidr")]
+    pub service_cidrs: Vec<IpNet>,
+    #[arg(long = "node-cidr")]
+    pub node_cidrs: Vec<IpNet>,
+    /// The cluster's global CIDR: turns Globalnet on.
+    #[arg(long)]
+    pub global_cidr: Option<GlobalCidr>,
+}
+
+impl CidrArgs {
+    /// Pod and service CIDRs: the flags, or (Kubernetes) discovered.
+    async fn resolve(&self, kube: Option<&KubeCluster>) -> Result<(Vec<IpNet>, Vec<IpNet>)> {
+        match kube {
+            Some(k) => {
+                let c = k.cidrs(&self.pod_cidrs, &self.service_cidrs).await?;
+                Ok((c.pod_cidrs, c.service_cidrs))
+            }
+            None => {
+                if self.pod_cidrs.is_empty() {
+                    bail!("--pod-cidr is required with an etcd --store");
+                }
+                if self.service_cidrs.is_empty() {
+                    bail!("--service-cidr is required with an etcd --store");
+                }
+                Ok((self.pod_cidrs.clone(), self.service_cidrs.clone()))
+            }
+        }
+    }
+}
+
+/// The name of the gateway's Lease in the release namespace.
+pub const GATEWAY_LEASE: &str = "causeway-gateway";
+
+/// A cluster's Kubernetes API as the daemons use it: what each reads and
+/// writes goes through here, so the RBAC test exercises the same calls.
+#[derive(Clone)]
+pub struct KubeCluster {
+    pub client: kube::Client,
+    pub namespace: String,
+}
+
+impl KubeCluster {
+    /// In-cluster config, else KUBECONFIG.
+    pub async fn connect(namespace: &str) -> Result<Self> {
+        let client = kube::Client::try_default().await.context(
+            "--store kubernetes: no in-cluster service account and no usable KUBECONFIG",
+        )?;
+        Ok(Self::new(client, namespace))
+    }
+
+    /// Over an existing client.
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            client,
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// CIDR discovery; flags win.
+    pub async fn cidrs(
+        &self,
+        pod: &[IpNet],
+        service: &[IpNet],
+    ) -> Result<causeway_api::discovery::ClusterCidrs> {
+        Ok(causeway_api::discovery::discover(&self.client, &self.namespace, pod, service).await?)
+    }
+
+    /// The cluster's own store: `causeway.io` records in the namespace.
+    pub fn store(&self) -> KubeStore {
+        KubeStore::new(self.client.clone(), &self.namespace)
+    }
+
+    /// Campaigns for the gateway Lease with a TTL of `ttl`.
+    pub fn elector(&self, node: &str, ttl: Duration) -> KubeLeaseElector {
+        let config = LeaseConfig {
+            lease_duration: ttl,
+            renew_deadline: ttl * 3 / 4,
+            retry_period: ttl / 8,
+            ..LeaseConfig::new(&self.namespace, GATEWAY_LEASE, node)
+        };
+        KubeLeaseElector::campaign(self.client.clone(), config)
+    }
+
+    /// Services, EndpointSlices, ServiceExports, Nodes and Namespaces.
+    pub fn source(&self, cancel: CancellationToken) -> KubeSource {
+        KubeSource::spawn(self.client.clone(), cancel)
+    }
+
+    /// Writes export conditions to ServiceExport status.
+    pub fn status_writer(&self) -> KubeStatusWriter {
+        KubeStatusWriter::new(self.client.clone())
+    }
+
+    /// Whether the release is being removed (the ConfigMap
+    /// [`crate::cleanup::REMOVAL_CONFIGMAP`] exists in the namespace).
+    pub async fn removal_requested(&self) -> Result<bool> {
+        let maps: kube::Api<ConfigMap> =
+            kube::Api::namespaced(self.client.clone(), &self.namespace);
+        Ok(maps
+            .get_opt(crate::cleanup::REMOVAL_CONFIGMAP)
+            .await
+            .with_context(|| {
+                format!(
+                    "read ConfigMap {}/{}",
+                    self.namespace,
+                    crate::cleanup::REMOVAL_CONFIGMAP
+                )
+            })?
+            .is_some())
+    }
+}
+
 /// Flags of `causeway gateway`.
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
@@ -50,13 +211,12 @@ pub struct GatewayArgs {
     /// This node's name: the candidate's identity in the election.
     #[arg(long, env = "CAUSEWAY_NODE")]
     pub node: String,
-    /// The cluster's own store (etcd endpoints, comma-separated).
-    #[arg(long, env = "CAUSEWAY_STORE", value_delimiter = ',', required = true)]
-    pub store: Vec<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The broker connection written by `causeway join`.
     #[arg(long, env = "CAUSEWAY_BROKER_CONFIG")]
     pub broker_config: PathBuf,
-    /// The cluster's WireGuard private key (mode 0600), written by `causeway join`.
+    /// The cluster's WireGuard private key (mode 0600 or 0400), written by `causeway join`.
     #[arg(long, env = "CAUSEWAY_KEY_FILE")]
     pub key_file: PathBuf,
     /// This node's address on the node network.
@@ -65,15 +225,8 @@ pub struct GatewayArgs {
     /// The address remote gateways reach this node at, when not the private one.
     #[arg(long)]
     pub public_ip: Option<IpAddr>,
-    #[arg(long = "pod-cidr", required = true)]
-    pub pod_cidrs: Vec<IpNet>,
-    #[arg(long = "service-cidr", required = true)]
-    pub service_cidrs: Vec<IpNet>,
-    #[arg(long = "node-cidr")]
-    pub node_cidrs: Vec<IpNet>,
-    /// The cluster's global CIDR: turns Globalnet on.
-    #[arg(long)]
-    pub global_cidr: Option<GlobalCidr>,
+    #[command(flatten)]
+    pub cidrs: CidrArgs,
     /// This gateway's address inside the tunnel: an unused address of its
     /// node's pod slice. With Globalnet it is the gateway's global IP, which
     /// Globalnet allocates, and this flag is not needed.
@@ -83,7 +236,8 @@ pub struct GatewayArgs {
     #[arg(long, default_value_t = causeway_globalnet::ipam::DEFAULT_EGRESS_POOL)]
     pub egress_pool: usize,
     /// Read the cluster's Services, EndpointSlices and ServiceExports from
-    /// this directory of Kubernetes manifests.
+    /// this directory of Kubernetes manifests (default with `--store
+    /// kubernetes`: from the API).
     #[arg(long)]
     pub manifests: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
@@ -106,13 +260,26 @@ pub struct GatewayArgs {
     /// `causeway show exports --status-file`.
     #[arg(long)]
     pub export_status: Option<PathBuf>,
-    /// Where `/metrics` and `/healthz` are served.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[arg(long, default_value = "0.0.0.0:9464")]
     pub metrics_listen: std::net::SocketAddr,
     /// The wireguard-go binary, for `--cable wireguard-go`.
     #[arg(long, default_value = "wireguard-go")]
     pub wireguard_go: PathBuf,
+    /// On SIGTERM, when the ConfigMap `causeway-removal` exists in
+    /// `--namespace`, remove this node's gateway state (nftables table,
+    /// routes, interface) after releasing the Lease.
+    #[arg(long)]
+    pub cleanup_on_removal: bool,
 }
+
+/// The gateway's store, elector, cluster source and export status writer.
+type Backends = (
+    Arc<dyn Store>,
+    Arc<dyn Elector>,
+    Option<Arc<dyn ClusterSource>>,
+    Option<Arc<dyn StatusWriter>>,
+);
 
 /// `causeway gateway`: campaigns and serves until SIGTERM or SIGINT.
 pub async fn gateway(args: GatewayArgs) -> Result<()> {
@@ -125,6 +292,15 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     } else {
         Family::V6
     };
+    let store_choice = args.store.choice()?;
+    let kube = match &store_choice {
+        StoreChoice::Kubernetes { namespace } => Some(KubeCluster::connect(namespace).await?),
+        StoreChoice::Etcd(_) => None,
+    };
+    if args.cleanup_on_removal && kube.is_none() {
+        bail!("--cleanup-on-removal needs --store kubernetes (the removal ConfigMap lives there)");
+    }
+    let (pod_cidrs, service_cidrs) = args.cidrs.resolve(kube.as_ref()).await?;
     let mtu = tunnel_mtu(underlay_mtu(underlay).await?, family, args.tunnel_mtu)?;
     let (cable, backend): (Arc<dyn Cable>, CableBackend) = match args.cable {
         CableFlag::Kernel => (
@@ -152,7 +328,8 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
             CableBackend::Userspace,
         ),
     };
-    let tunnel_ip = match (args.tunnel_ip, args.global_cidr) {
+    let global_cidr = args.cidrs.global_cidr;
+    let tunnel_ip = match (args.tunnel_ip, global_cidr) {
         (Some(ip), _) => ip,
         // IPAM gives the gateway the first address of the global CIDR.
         (None, Some(g)) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(g.net().network()) + 1)),
@@ -160,14 +337,14 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
             "--tunnel-ip is needed without Globalnet: give an unused address of this node's pod slice"
         ),
     };
-    let globalnet = args.global_cidr.map(|g| GlobalnetConfig {
+    let node_cidrs = args.cidrs.node_cidrs.clone();
+    let globalnet = global_cidr.map(|g| GlobalnetConfig {
         cidr: g.net(),
         egress_pool: args.egress_pool,
-        local_sources: args
-            .pod_cidrs
+        local_sources: pod_cidrs
             .iter()
-            .chain(&args.service_cidrs)
-            .chain(&args.node_cidrs)
+            .chain(&service_cidrs)
+            .chain(&node_cidrs)
             .filter_map(|n| match n {
                 IpNet::V4(n) => Some(*n),
                 IpNet::V6(_) => None,
@@ -175,8 +352,10 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
             .collect(),
         mtu: mtu.min(u32::from(u16::MAX)) as u16,
     });
-    if globalnet.is_some() && args.manifests.is_none() {
-        bail!("Globalnet needs the cluster's Services and ServiceExports: pass --manifests DIR");
+    if globalnet.is_some() && args.manifests.is_none() && kube.is_none() {
+        bail!(
+            "Globalnet needs the cluster's Services and ServiceExports: pass --manifests DIR or --store kubernetes"
+        );
     }
     let config = GatewayConfig {
         cluster: args.cluster.clone(),
@@ -188,51 +367,61 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         backend,
         mtu,
         tunnel_ip,
-        pod_cidrs: args.pod_cidrs,
-        service_cidrs: args.service_cidrs,
-        node_cidrs: args.node_cidrs,
-        global_cidr: args.global_cidr,
+        pod_cidrs,
+        service_cidrs,
+        node_cidrs,
+        global_cidr,
         keepalive: 10,
         resync: Duration::from_secs(10),
         globalnet,
     };
     tracing::info!(cluster = %config.cluster, node = %config.node, backend = ?backend, mtu, "gateway starting");
 
-    let local = connect_store(&EtcdConfig::new(args.store.clone())).await?;
-    let election = ElectionConfig {
-        ttl: Duration::from_secs(args.lease_ttl),
-        lease_file: Some(args.lease_file.clone()),
-        ..ElectionConfig::new("gateway", args.node.clone())
-    };
-    let elector: Arc<dyn Elector> =
-        Arc::new(EtcdElector::campaign(local.client().clone(), local.layout(), election).await?);
-    let (broker_tx, broker_rx) = watch::channel(None);
     let shutdown = CancellationToken::new();
-    tokio::spawn(connect_broker(
-        broker_file.etcd_config(),
-        broker_tx,
-        shutdown.clone(),
-    ));
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let ttl = Duration::from_secs(args.lease_ttl);
+    let (local, elector, kube_source, export_writer): Backends = match (&store_choice, &kube) {
+        (_, Some(k)) => (
+            Arc::new(k.store()),
+            Arc::new(k.elector(&args.node, ttl)),
+            Some(Arc::new(k.source(shutdown.clone()))),
+            Some(Arc::new(k.status_writer())),
+        ),
+        (StoreChoice::Etcd(endpoints), None) => {
+            let local = connect_store(&EtcdConfig::new(endpoints.clone())).await?;
+            let election = ElectionConfig {
+                ttl,
+                lease_file: Some(args.lease_file.clone()),
+                ..ElectionConfig::new("gateway", args.node.clone())
+            };
+            let elector =
+                EtcdElector::campaign(local.client().clone(), local.layout(), election).await?;
+            (Arc::new(local), Arc::new(elector), None, None)
+        }
+        (StoreChoice::Kubernetes { .. }, None) => unreachable!("connected above"),
+    };
+    let (broker_tx, broker_rx) = watch::channel(None);
+    tokio::spawn(connect_broker(broker_file, broker_tx, shutdown.clone()));
 
-    let source: Option<Arc<dyn ClusterSource>> = args.manifests.clone().map(|dir| {
-        Arc::new(ManifestDirSource::spawn(
+    let source: Option<Arc<dyn ClusterSource>> = match args.manifests.clone() {
+        Some(dir) => Some(Arc::new(ManifestDirSource::spawn(
             dir,
             Duration::from_millis(200),
             shutdown.clone(),
-        )) as Arc<dyn ClusterSource>
-    });
+        ))),
+        None => kube_source,
+    };
     let (nat_tx, nat_rx) = watch::channel(None);
     let datapath = KernelDatapath::new(
-        interface,
+        interface.clone(),
         tunnel_ip,
-        args.global_cidr.map(|g| IpNet::V4(g.net())),
+        global_cidr.map(|g| IpNet::V4(g.net())),
         mtu.min(u32::from(u16::MAX)) as u16,
         nat_rx,
     );
     let gateway = Arc::new(Gateway {
         config,
-        local: Arc::new(local),
+        local,
         broker: broker_rx,
         cable,
         datapath: Arc::new(datapath),
@@ -241,10 +430,12 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         source,
         nat: nat_tx,
         export_status: args.export_status.clone(),
+        export_writer,
     });
-    let metrics = crate::metrics::serve(
+    let metrics = crate::metrics::serve_with(
         args.metrics_listen,
         gateway_metrics(gateway.clone()),
+        gateway_readiness(&gateway, &*elector),
         shutdown.clone(),
     );
     tokio::spawn(async move {
@@ -253,8 +444,56 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         }
     });
     gateway.run(elector, shutdown).await?;
+    if args.cleanup_on_removal
+        && let Some(k) = &kube
+    {
+        remove_on_removal(k, crate::cleanup::Owner::Gateway, &interface).await;
+    }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// After a clean stop: when the release is being removed, remove `owner`'s
+/// kernel state too (the Lease was released by the stop).
+async fn remove_on_removal(
+    k: &KubeCluster,
+    owner: crate::cleanup::Owner,
+    interface: &InterfaceName,
+) {
+    match k.removal_requested().await {
+        Ok(false) => {
+            tracing::info!("not being removed: leaving the datapath state for the next start")
+        }
+        Ok(true) => match crate::cleanup::remove(owner, interface).await {
+            Ok(removed) => {
+                tracing::info!(tables = ?removed.tables, routes = removed.routes.len(), interfaces = ?removed.interfaces, "release removed: cleaned up this node")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not clean up this node; run `causeway cleanup`")
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether the release is being removed; leaving state")
+        }
+    }
+}
+
+/// `/readyz` of the gateway: ready while active, or while standby and its
+/// last campaign round reached the store (etcd: while some candidate holds
+/// the lease).
+pub fn gateway_readiness(gateway: &Arc<Gateway>, elector: &dyn Elector) -> crate::metrics::Ready {
+    let state = gateway.state.subscribe();
+    let holder = elector.holder();
+    let campaign_ok = elector.campaign_ok();
+    Arc::new(move || {
+        if state.borrow().active {
+            return true;
+        }
+        match &campaign_ok {
+            Some(ok) => *ok.borrow(),
+            None => holder.borrow().is_some(),
+        }
+    })
 }
 
 /// Connects to the cluster's own store, retrying: without it a gateway can
@@ -277,19 +516,21 @@ async fn connect_store(config: &EtcdConfig) -> Result<EtcdStore> {
 
 /// Connects to the broker in the background: the gateway serves without it.
 async fn connect_broker(
-    config: EtcdConfig,
+    file: BrokerFile,
     tx: watch::Sender<Option<Arc<dyn Store>>>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match EtcdStore::connect(&config).await {
+        match file.connect().await {
             Ok(store) => {
                 tracing::info!("connected to the broker");
-                tx.send_replace(Some(Arc::new(store)));
+                tx.send_replace(Some(store));
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "the broker is not reachable; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the broker is not reachable; retrying")
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -370,20 +611,20 @@ pub struct RouteAgentArgs {
     /// This node's name, as the gateway names it in the Endpoint record.
     #[arg(long, env = "CAUSEWAY_NODE")]
     pub node: String,
-    /// The cluster's own store (etcd endpoints, comma-separated).
-    #[arg(long, env = "CAUSEWAY_STORE", value_delimiter = ',', required = true)]
-    pub store: Vec<String>,
-    #[arg(long = "pod-cidr", required = true)]
-    pub pod_cidrs: Vec<IpNet>,
-    #[arg(long = "service-cidr", required = true)]
-    pub service_cidrs: Vec<IpNet>,
-    #[arg(long = "node-cidr")]
-    pub node_cidrs: Vec<IpNet>,
-    #[arg(long)]
-    pub global_cidr: Option<GlobalCidr>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub cidrs: CidrArgs,
     /// Interfaces whose reverse-path filter is set to loose (besides `all`).
     #[arg(long = "rp-filter-interface")]
     pub rp_filter_interfaces: Vec<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, default_value = "0.0.0.0:9466")]
+    pub metrics_listen: std::net::SocketAddr,
+    /// On SIGTERM, when the ConfigMap `causeway-removal` exists in
+    /// `--namespace`, remove this node's routes and nftables table.
+    #[arg(long)]
+    pub cleanup_on_removal: bool,
 }
 
 /// `causeway route-agent`: routes remote subnets via the active gateway
@@ -393,14 +634,22 @@ pub async fn route_agent(args: RouteAgentArgs) -> Result<()> {
     use causeway_gateway::routes::netlink::NetlinkRoutes;
     use causeway_globalnet::nft::NftCli;
 
-    let mut local_subnets: Vec<IpNet> = args
-        .pod_cidrs
+    let store_choice = args.store.choice()?;
+    let kube = match &store_choice {
+        StoreChoice::Kubernetes { namespace } => Some(KubeCluster::connect(namespace).await?),
+        StoreChoice::Etcd(_) => None,
+    };
+    if args.cleanup_on_removal && kube.is_none() {
+        bail!("--cleanup-on-removal needs --store kubernetes (the removal ConfigMap lives there)");
+    }
+    let (pod_cidrs, service_cidrs) = args.cidrs.resolve(kube.as_ref()).await?;
+    let mut local_subnets: Vec<IpNet> = pod_cidrs
         .iter()
-        .chain(&args.service_cidrs)
-        .chain(&args.node_cidrs)
+        .chain(&service_cidrs)
+        .chain(&args.cidrs.node_cidrs)
         .copied()
         .collect();
-    local_subnets.extend(args.global_cidr.map(|g| IpNet::V4(g.net())));
+    local_subnets.extend(args.cidrs.global_cidr.map(|g| IpNet::V4(g.net())));
     let config = AgentConfig {
         cluster: args.cluster,
         node_name: args.node,
@@ -408,12 +657,31 @@ pub async fn route_agent(args: RouteAgentArgs) -> Result<()> {
         rp_filter: Some(args.rp_filter_interfaces),
         resync: Duration::from_secs(10),
     };
-    let store = connect_store(&EtcdConfig::new(args.store)).await?;
+    let store: Arc<dyn Store> = match (&store_choice, &kube) {
+        (_, Some(k)) => Arc::new(k.store()),
+        (StoreChoice::Etcd(endpoints), None) => {
+            Arc::new(connect_store(&EtcdConfig::new(endpoints.clone())).await?)
+        }
+        (StoreChoice::Kubernetes { .. }, None) => unreachable!("connected above"),
+    };
     let datapath = Datapath::new(NetlinkRoutes::new(), NftCli::new());
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let render: crate::metrics::Render = Arc::new(String::new);
+    let metrics = crate::metrics::serve(args.metrics_listen, render, shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = metrics.await {
+            tracing::error!(error = %e, "no /healthz");
+        }
+    });
     tracing::info!(cluster = %config.cluster, node = %config.node_name, "route agent starting");
-    run(config, Arc::new(store), Arc::new(datapath), shutdown).await;
+    run(config, store, Arc::new(datapath), shutdown).await;
+    if args.cleanup_on_removal
+        && let Some(k) = &kube
+    {
+        let unused = InterfaceName::new("causeway0").expect("a valid name");
+        remove_on_removal(k, crate::cleanup::Owner::RouteAgent, &unused).await;
+    }
     tracing::info!("route agent stopped");
     Ok(())
 }
@@ -490,6 +758,7 @@ fn gateway_metrics(gateway: Arc<Gateway>) -> crate::metrics::Render {
                 up.get_or_create(&labels).set(i64::from(connected));
             }
         }
+        crate::diagnose::exposed::register(&mut registry, &gateway);
         conntrack_metrics(
             &mut registry,
             gateway.nat.borrow().as_ref().map(|n| n.egress.clone()),
@@ -571,9 +840,8 @@ pub struct LighthouseArgs {
     /// This cluster's id.
     #[arg(long, env = "CAUSEWAY_CLUSTER")]
     pub cluster: Option<ClusterId>,
-    /// The cluster's own store (etcd endpoints, comma-separated).
-    #[arg(long, env = "CAUSEWAY_STORE", value_delimiter = ',')]
-    pub store: Vec<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// UDP and TCP address to answer on.
     #[arg(long, default_value = "0.0.0.0:53")]
     pub listen: std::net::SocketAddr,
@@ -604,9 +872,12 @@ pub async fn lighthouse(args: LighthouseArgs) -> Result<()> {
     let Some(cluster) = args.cluster else {
         bail!("--cluster is required: the id this cluster joined with");
     };
-    if args.store.is_empty() {
-        bail!("--store is required: the cluster's own store (etcd endpoints)");
-    }
+    let store: Arc<dyn Store> = match args.store.choice()? {
+        StoreChoice::Kubernetes { namespace } => {
+            Arc::new(KubeCluster::connect(&namespace).await?.store())
+        }
+        StoreChoice::Etcd(endpoints) => Arc::new(connect_store(&EtcdConfig::new(endpoints)).await?),
+    };
     let mut resolver =
         ResolverOptions::new(&args.zone).with_context(|| format!("--zone {}", args.zone))?;
     resolver.ttl = args.ttl;
@@ -617,9 +888,8 @@ pub async fn lighthouse(args: LighthouseArgs) -> Result<()> {
         resolver,
         ..ServerConfig::default()
     };
-    let store = connect_store(&EtcdConfig::new(args.store)).await?;
     let mut registry = prometheus_client::registry::Registry::default();
-    let daemon = DnsDaemon::bind(config, Arc::new(store), cluster.clone(), &mut registry).await?;
+    let daemon = DnsDaemon::bind(config, store, cluster.clone(), &mut registry).await?;
     let registry = Arc::new(registry);
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

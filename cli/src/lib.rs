@@ -3,6 +3,7 @@
 //! relies on. `main.rs` is a thin clap shell over it.
 
 pub mod broker;
+pub mod cleanup;
 pub mod daemon;
 pub mod lab;
 pub mod metrics;

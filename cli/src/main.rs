@@ -8,13 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use causeway_api::join::GlobalCidrRequest;
-use causeway_api::records::ClusterId;
 use causeway_api::records::Kind;
 use causeway_cli::lab::{self, plan::LabName, plan::LabSpec};
 use causeway_cli::{broker, daemon, netns, show};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use nix::sys::signal::Signal;
 
 #[derive(Parser)]
@@ -49,28 +47,12 @@ enum Cmd {
     #[command(subcommand)]
     Broker(BrokerCmd),
     /// Join a cluster to the clusterset: allocate its global CIDR, create its
-    /// broker credentials and its WireGuard key.
-    Join {
-        /// The cluster's id (a DNS label).
-        #[arg(long)]
-        cluster: ClusterId,
-        /// The broker's etcd endpoints, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
-        broker: Vec<String>,
-        /// A file holding the broker's root password.
-        #[arg(long)]
-        root_password_file: PathBuf,
-        #[arg(long = "pod-cidr", required = true)]
-        pod_cidrs: Vec<IpNet>,
-        #[arg(long = "service-cidr", required = true)]
-        service_cidrs: Vec<IpNet>,
-        /// `auto` (the first free block), a CIDR, or `none` (no Globalnet).
-        #[arg(long, default_value = "auto")]
-        global_cidr: String,
-        /// Where to write broker.json and wireguard.key (mode 0600).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// broker credentials and its WireGuard key (with `--kubernetes-broker`:
+    /// write values.yaml and secrets.yaml for `helm install`).
+    Join(Box<causeway_cli::broker::JoinFlags>),
+    /// Remove this node's Causeway kernel state (nftables tables, routes of
+    /// protocols 202 and 203, the WireGuard interface); idempotent.
+    Cleanup(causeway_cli::cleanup::CleanupArgs),
     /// Print the CustomResourceDefinitions (Causeway's broker kinds and the
     /// MCS API's ServiceExport and ServiceImport) as YAML, from the Rust types.
     Crdgen,
@@ -287,6 +269,10 @@ enum LabCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The chart tests parse every container's args with this parser, and no more.
+    if std::env::var_os("CAUSEWAY_PARSE_ONLY").is_some() {
+        return ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -419,33 +405,9 @@ fn run(cli: Cli) -> Result<()> {
             global_range,
             global_prefix,
         )),
-        Cmd::Join {
-            cluster,
-            broker: endpoints,
-            root_password_file,
-            pod_cidrs,
-            service_cidrs,
-            global_cidr,
-            out,
-        } => {
-            let global_cidr = match global_cidr.as_str() {
-                "auto" => GlobalCidrRequest::Auto,
-                "none" => GlobalCidrRequest::Disabled,
-                cidr => GlobalCidrRequest::Fixed(cidr.parse().map_err(|e| {
-                    anyhow::anyhow!(
-                        "--global-cidr {cidr}: {e}; give `auto`, `none` or a CIDR like 242.3.0.0/16"
-                    )
-                })?),
-            };
-            let joined = runtime()?.block_on(broker::join(broker::JoinArgs {
-                cluster,
-                endpoints,
-                root_password: root_password_file,
-                pod_cidrs,
-                service_cidrs,
-                global_cidr,
-                out: out.clone(),
-            }))?;
+        Cmd::Join(flags) => {
+            let out = flags.out.clone();
+            let joined = runtime()?.block_on(broker::join_command(*flags))?;
             let global = joined
                 .global_cidr
                 .map(|g| g.to_string())
@@ -455,6 +417,11 @@ fn run(cli: Cli) -> Result<()> {
                 joined.id,
                 out.display()
             );
+            Ok(())
+        }
+        Cmd::Cleanup(args) => {
+            let removed = runtime()?.block_on(causeway_cli::cleanup::cleanup(&args))?;
+            print!("{}", removed.render());
             Ok(())
         }
     }

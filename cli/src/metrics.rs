@@ -1,5 +1,6 @@
-//! The `/metrics` endpoint (Prometheus text format) and `/healthz`, served
-//! by a small HTTP responder: a daemon needs nothing more of HTTP.
+//! The `/metrics` endpoint (Prometheus text format), `/healthz` (alive) and
+//! `/readyz` (ready: 200, else 503), served by a small HTTP responder: a
+//! daemon needs nothing more of HTTP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +13,22 @@ use tokio_util::sync::CancellationToken;
 /// Renders the current metrics.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Serves `GET /metrics` and `GET /healthz` on `listen` until `cancel`.
+/// Says whether the daemon is ready (`/readyz`).
+pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Serves `GET /metrics`, `GET /healthz` and `GET /readyz` (always ready)
+/// on `listen` until `cancel`.
 pub async fn serve(listen: SocketAddr, render: Render, cancel: CancellationToken) -> Result<()> {
+    serve_with(listen, render, Arc::new(|| true), cancel).await
+}
+
+/// As [`serve`], with `/readyz` answering 200 while `ready` says so, else 503.
+pub async fn serve_with(
+    listen: SocketAddr,
+    render: Render,
+    ready: Ready,
+    cancel: CancellationToken,
+) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen} for metrics"))?;
@@ -24,6 +39,7 @@ pub async fn serve(listen: SocketAddr, render: Render, cancel: CancellationToken
             accepted = listener.accept() => accepted?,
         };
         let render = render.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let Ok(Ok(n)) =
@@ -44,6 +60,12 @@ pub async fn serve(listen: SocketAddr, render: Render, cancel: CancellationToken
                         .unwrap_or_default(),
                 ),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+                "/readyz" if ready() => ("200 OK", "text/plain", "ready\n".to_owned()),
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n".to_owned(),
+                ),
                 _ => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
             };
             let head = format!(

@@ -187,6 +187,8 @@ pub struct Gateway {
     pub nat: watch::Sender<Option<NatPlan>>,
     /// Where the export agent writes each export's conditions.
     pub export_status: Option<std::path::PathBuf>,
+    /// Writes each export's conditions to its ServiceExport's status (Kubernetes).
+    pub export_writer: Option<Arc<dyn causeway_lighthouse::export::kube_status::StatusWriter>>,
 }
 
 /// Globalnet's allocations as the export agent takes them.
@@ -657,6 +659,7 @@ impl Gateway {
         let options = ExportAgentOptions {
             globalnet,
             status_file: self.export_status.clone(),
+            status_writer: self.export_writer.clone(),
             ..ExportAgentOptions::default()
         };
         ExportAgent::new(

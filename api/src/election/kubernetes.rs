@@ -70,6 +70,7 @@ pub struct KubeLeaseElector {
     active: watch::Receiver<bool>,
     active_tx: Arc<watch::Sender<bool>>,
     holder: watch::Receiver<Option<String>>,
+    round_ok: watch::Receiver<bool>,
     resign_tx: mpsc::Sender<ResignRequest>,
     task: JoinHandle<()>,
 }
@@ -99,6 +100,10 @@ impl Elector for KubeLeaseElector {
         }
         rx.await.unwrap_or(Ok(()))
     }
+
+    fn campaign_ok(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.round_ok.clone())
+    }
 }
 
 impl KubeLeaseElector {
@@ -107,6 +112,7 @@ impl KubeLeaseElector {
         let (active_tx, active) = watch::channel(false);
         let active_tx = Arc::new(active_tx);
         let (holder_tx, holder) = watch::channel(None);
+        let (round_ok_tx, round_ok) = watch::channel(false);
         let (resign_tx, resign_rx) = mpsc::channel(1);
         let (until_tx, until_rx) = watch::channel(None);
         let guard = tokio::spawn(guard(until_rx, active_tx.clone()));
@@ -114,6 +120,7 @@ impl KubeLeaseElector {
             api: Api::namespaced(client, &config.namespace),
             config,
             holder: holder_tx,
+            round_ok: round_ok_tx,
             until: until_tx,
             observed: None,
         };
@@ -126,6 +133,7 @@ impl KubeLeaseElector {
             active,
             active_tx,
             holder,
+            round_ok,
             resign_tx,
             task,
         }
@@ -159,6 +167,8 @@ struct Run {
     api: Api<Lease>,
     config: LeaseConfig,
     holder: watch::Sender<Option<String>>,
+    /// Whether the last round reached the API server.
+    round_ok: watch::Sender<bool>,
     until: watch::Sender<Option<Instant>>,
     /// The holder and renew time last seen, and when they were first seen.
     observed: Option<(String, Option<MicroTime>, Instant)>,
@@ -207,6 +217,12 @@ impl Run {
             // No call may outlive the renew deadline.
             let r =
                 tokio::time::timeout(self.config.renew_deadline, self.try_acquire_or_renew()).await;
+            self.round_ok.send_if_modified(|ok| {
+                let now_ok = matches!(r, Ok(Ok(_)));
+                let changed = *ok != now_ok;
+                *ok = now_ok;
+                changed
+            });
             match r {
                 Ok(Ok(true)) => {
                     self.until
