@@ -16,6 +16,8 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> build"
 cargo build --workspace --all-targets
+echo "==> Helm charts (lint, render, schema validation, drift against the binary)"
+CAUSEWAY_BIN="$PWD/target/debug/causeway" helm/test.sh
 echo "==> unit and component tests"
 cargo test --workspace --exclude causeway-tests
 echo "==> end-to-end tests (one at a time)"
