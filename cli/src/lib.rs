@@ -3,10 +3,12 @@
 //! relies on. `main.rs` is a thin clap shell over it.
 
 pub mod broker;
+pub mod benchmark;
 pub mod cleanup;
 pub mod daemon;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod show;
+pub mod topology;
 pub mod verify;

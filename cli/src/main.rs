@@ -64,6 +64,9 @@ enum Cmd {
     /// Check pod to pod, pod to service and DNS to HTTP across every pair of
     /// clusters, from a gateway node and a worker node; fails on any failure.
     Verify(causeway_cli::verify::VerifyArgs),
+    /// TCP throughput or request latency (p50/p90/p99) between pods of two
+    /// clusters, with a built-in sender and receiver.
+    Benchmark(causeway_cli::benchmark::BenchmarkArgs),
     /// Run a command inside a named network namespace (what `lab exec` and
     /// the lab's daemons go through).
     #[command(hide = true)]
@@ -105,6 +108,9 @@ enum ShowCmd {
     Connections(ShowArgs),
     /// Every exported service of every cluster and the address others use.
     Exports(ShowArgs),
+    /// A picture of the clusterset: clusters, gateways (active, standby),
+    /// tunnels with status and RTT, global CIDRs and exports.
+    Topology(causeway_cli::topology::TopologyArgs),
 }
 
 #[derive(Args)]
@@ -306,6 +312,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Lab(cmd) => run_lab(cmd),
         Cmd::Verify(args) => causeway_cli::verify::command(args),
+        Cmd::Benchmark(args) => causeway_cli::benchmark::command(args),
+        Cmd::Show {
+            what: ShowCmd::Topology(args),
+        } => causeway_cli::topology::command(args),
         Cmd::Crdgen => {
             let crds = causeway_api::store::causeway_crds()
                 .into_iter()
@@ -320,6 +330,7 @@ fn run(cli: Cli) -> Result<()> {
                 ShowCmd::Endpoints(a) => (a, Kind::Endpoint),
                 ShowCmd::Connections(a) => (a, Kind::ConnectionStatus),
                 ShowCmd::Exports(a) => (a, Kind::ServiceImport),
+                ShowCmd::Topology(_) => unreachable!("show topology is handled above"),
             };
             let broker = broker::BrokerFile::load(&args.broker_config)?;
             let mut records = runtime()?.block_on(show::list(&broker, kind))?;
@@ -330,6 +341,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             let text = match (&what, args.output) {
+                (ShowCmd::Topology(_), _) => unreachable!("show topology is handled above"),
                 (ShowCmd::Endpoints(_), Output::Text) => {
                     show::render_endpoints(&show::endpoints(&records))
                 }
