@@ -6,6 +6,7 @@ pub mod broker;
 pub mod benchmark;
 pub mod cleanup;
 pub mod daemon;
+pub mod gather;
 pub mod lab;
 pub mod metrics;
 pub mod netns;

@@ -67,6 +67,9 @@ enum Cmd {
     /// TCP throughput or request latency (p50/p90/p99) between pods of two
     /// clusters, with a built-in sender and receiver.
     Benchmark(causeway_cli::benchmark::BenchmarkArgs),
+    /// Collect every node's logs, nftables, routes, WireGuard status (public
+    /// keys only), conntrack counts and the broker's records into a tarball.
+    Gather(causeway_cli::gather::GatherArgs),
     /// Run a command inside a named network namespace (what `lab exec` and
     /// the lab's daemons go through).
     #[command(hide = true)]
@@ -313,6 +316,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Lab(cmd) => run_lab(cmd),
         Cmd::Verify(args) => causeway_cli::verify::command(args),
         Cmd::Benchmark(args) => causeway_cli::benchmark::command(args),
+        Cmd::Gather(args) => causeway_cli::gather::command(args),
         Cmd::Show {
             what: ShowCmd::Topology(args),
         } => causeway_cli::topology::command(args),
