@@ -56,6 +56,9 @@ enum Cmd {
     /// Print the CustomResourceDefinitions (Causeway's broker kinds and the
     /// MCS API's ServiceExport and ServiceImport) as YAML, from the Rust types.
     Crdgen,
+    /// Check this node and say, per finding, ok/warn/fail, why it matters
+    /// and what to change (run it on the active gateway's node).
+    Diagnose(causeway_cli::diagnose::DiagnoseArgs),
     /// What the clusterset looks like, from the broker's records.
     Show {
         #[command(subcommand)]
@@ -383,6 +386,13 @@ fn run(cli: Cli) -> Result<()> {
                         statuses.iter().map(|(k, v)| (k.clone(), v))
                     )
                 );
+            }
+            Ok(())
+        }
+        Cmd::Diagnose(args) => {
+            if !causeway_cli::diagnose::command(args)? {
+                // A failed check: the report is printed, the exit status says it.
+                std::process::exit(1);
             }
             Ok(())
         }
