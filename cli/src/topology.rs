@@ -658,6 +658,20 @@ pub fn from_broker(file: &std::path::Path) -> Result<Topology> {
     ))
 }
 
+/// Draws lab `name` as SVG for `causeway lab demo`: next to the daemons'
+/// logs when the lab stays up, else in the temporary directory (the lab's
+/// run directory goes with it). Returns where.
+pub fn write_demo_picture(name: &LabName, keep: bool) -> Result<PathBuf> {
+    let svg = render_svg(&from_lab(name)?)?;
+    let path = if keep {
+        crate::lab::load(name)?.logs_dir().join("topology.svg")
+    } else {
+        std::env::temp_dir().join(format!("causeway-demo-{name}-topology.svg"))
+    };
+    std::fs::write(&path, svg).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
 /// `causeway show topology`.
 pub fn command(args: TopologyArgs) -> Result<()> {
     let topology = match (&args.lab, &args.broker_config) {

@@ -91,8 +91,9 @@ pub struct Target {
     pub service: Result<SocketAddr, Verdict>,
     /// Whether the cluster exports `default/web`.
     pub exports_web: bool,
-    /// The name of verify's own headless export of the cluster, if it has one.
-    pub headless_name: Option<String>,
+    /// The name of verify's own headless export of the cluster, or why it
+    /// has none.
+    pub headless_name: Result<String, String>,
 }
 
 /// A check that cannot run: it fails, or it does not apply here.
@@ -249,16 +250,20 @@ pub fn plan(sources: &[Source], targets: &[Target], globalnet: bool) -> Vec<Prob
                     to.service.as_ref().ok().map(|a| a.ip()),
                 )),
                 (Some(ns), false) => match &to.headless_name {
-                    Some(name) => Ok((
+                    Ok(name) => Ok((
                         *ns,
                         format!("{name}.{SERVICE_NAMESPACE}.svc.clusterset.local"),
                         ECHO_PORT,
                         BTreeSet::from([to.cluster.clone()]),
                         None,
                     )),
-                    None => Err(Verdict::Fail(format!(
-                        "{} has no export to look up: export {SERVICE_NAMESPACE}/{SERVICE_NAME} from {} (`causeway lab export {} {SERVICE_NAMESPACE}/{SERVICE_NAME}`)",
-                        to.cluster, to.cluster, to.cluster
+                    Err(why) if to.exports_web => Err(Verdict::Fail(format!(
+                        "{} exports {SERVICE_NAMESPACE}/{SERVICE_NAME} itself, so its own answers first, and {}'s own name to look up is missing: {why}",
+                        from.cluster, to.cluster
+                    ))),
+                    Err(why) => Err(Verdict::Fail(format!(
+                        "{} has no name to look up: it does not export {SERVICE_NAMESPACE}/{SERVICE_NAME} (`causeway lab export {} {SERVICE_NAMESPACE}/{SERVICE_NAME}`) and {why}",
+                        to.cluster, to.cluster
                     ))),
                 },
             };
@@ -376,7 +381,10 @@ pub fn run_lab(name: &LabName) -> Result<Report> {
             pods,
             service: Err(Verdict::Skip(String::new())),
             exports_web: false,
-            headless_name: ready.is_ok().then(|| export_name.clone()),
+            headless_name: match &ready {
+                Ok(_) => Ok(export_name.clone()),
+                Err(e) => Err(format!("{e:#}")),
+            },
         });
     }
     view.refresh()?;

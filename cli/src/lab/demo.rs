@@ -25,6 +25,15 @@ pub fn run(name: LabName, keep: bool) -> Result<()> {
         distinct_cidrs: false,
     })?;
     let result = tell(&name);
+    if result.is_ok() {
+        match crate::topology::write_demo_picture(&name, keep) {
+            Ok(path) => say(&format!(
+                "A picture of the clusterset (gateways, tunnels with RTT, exports): {}",
+                path.display()
+            )),
+            Err(e) => say(&format!("Could not draw the clusterset: {e:#}")),
+        }
+    }
     if keep {
         say(&format!(
             "Leaving lab {name} up (--keep). Try `causeway lab exec --name {name} a/client-0 -- curl {NAME}`; \

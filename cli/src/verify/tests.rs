@@ -33,7 +33,7 @@ fn target(cluster: &str, exports_web: bool) -> Target {
             )))
         },
         exports_web,
-        headless_name: Some(format!("cw-verify-{cluster}")),
+        headless_name: Ok(format!("cw-verify-{cluster}")),
     }
 }
 
@@ -151,12 +151,23 @@ fn a_missing_headless_export_fails_the_pod_checks_with_its_reason() {
         "web-0".into(),
         Err("no import of headless default/cw-verify-b from b within 15 s".into()),
     )];
-    b.headless_name = None;
+    b.headless_name = Err("no import of headless default/cw-verify-b from b within 15 s".into());
     let probes = plan(&sources()[..1], &[target("a", true), b], true);
     let pod = &probes[0];
     assert_eq!(pod.kind, CheckKind::PodToPod);
     assert!(matches!(&pod.action, Action::Verdict(Verdict::Fail(w)) if w.contains("cw-verify-b")));
-    // a exports web itself and b's headless export is missing: nothing to look up.
+    // a exports web itself and b's headless export is missing: nothing to
+    // look up, and the line says why.
+    let dns = probes.iter().find(|p| p.kind == CheckKind::Dns).unwrap();
+    assert!(
+        matches!(&dns.action, Action::Verdict(Verdict::Fail(w))
+            if w.contains("a exports default/web itself") && w.contains("cw-verify-b from b")),
+        "{dns:?}"
+    );
+    // Without b's web export either, the line names the command that exports it.
+    let mut b = target("b", false);
+    b.headless_name = Err("no import".into());
+    let probes = plan(&sources()[..1], &[target("a", true), b], true);
     let dns = probes.iter().find(|p| p.kind == CheckKind::Dns).unwrap();
     assert!(
         matches!(&dns.action, Action::Verdict(Verdict::Fail(w)) if w.contains("causeway lab export b")),
