@@ -1,9 +1,16 @@
-//! The Multi-Cluster Services API kinds (`multicluster.x-k8s.io/v1alpha1`,
+//! The Multi-Cluster Services API kinds (`multicluster.x-k8s.io/v1beta1`,
 //! KEP-1645) that live in member clusters: ServiceExport (a user marks a
 //! Service for export) and ServiceImport (what the clusterset offers).
-//! v1alpha1 is the version MCS tools install and read today.
+//!
+//! Causeway reads and writes v1beta1. Its CRDs ([`mcs_crds`]) serve
+//! v1alpha1 too, with the same schema (v1beta1 only adds optional fields),
+//! so tools that still speak v1alpha1 keep working; the manifest-directory
+//! source reads both.
+
+mod imports;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -11,29 +18,49 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use imports::{
+    FakeImportWriter, IMPORT_FIELD_MANAGER, ImportWrite, ImportWriteError, ImportWriter,
+    KubeImportWriter, MANAGED_BY, MANAGED_BY_LABEL, import_key,
+};
+
+/// The API group and the version Causeway speaks.
+pub const GROUP: &str = "multicluster.x-k8s.io";
+/// The version Causeway reads and writes.
+pub const VERSION: &str = "v1beta1";
+
 /// Marks the Service of the same namespace and name for export.
 ///
-/// Written out rather than derived: MCS v1alpha1 ServiceExports have no
-/// `spec`, which kube's `CustomResource` derive requires.
+/// Written out rather than derived: the spec is optional (v1alpha1 objects
+/// have none), which kube's `CustomResource` derive does not allow.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceExport {
     /// Object metadata.
     pub metadata: ObjectMeta,
-    /// Empty in v1alpha1.
-    #[serde(default, skip_serializing_if = "is_empty_spec")]
+    /// What else to export (v1beta1); empty in v1alpha1.
+    #[serde(default, skip_serializing_if = "ServiceExportSpec::is_empty")]
     pub spec: ServiceExportSpec,
     /// Status written by the export agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<ServiceExportStatus>,
 }
 
-/// ServiceExport has no fields in v1alpha1.
+/// The spec of a ServiceExport (v1beta1).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ServiceExportSpec {}
+#[serde(rename_all = "camelCase")]
+pub struct ServiceExportSpec {
+    /// Labels the ServiceImport carries (the Service's own never do).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exported_labels: BTreeMap<String, String>,
+    /// Annotations the ServiceImport carries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exported_annotations: BTreeMap<String, String>,
+}
 
-fn is_empty_spec(_: &ServiceExportSpec) -> bool {
-    true
+impl ServiceExportSpec {
+    fn is_empty(&self) -> bool {
+        self.exported_labels.is_empty() && self.exported_annotations.is_empty()
+    }
 }
 
 impl ServiceExport {
@@ -59,11 +86,11 @@ impl kube::Resource for ServiceExport {
     }
 
     fn group(_: &()) -> Cow<'_, str> {
-        "multicluster.x-k8s.io".into()
+        GROUP.into()
     }
 
     fn version(_: &()) -> Cow<'_, str> {
-        "v1alpha1".into()
+        VERSION.into()
     }
 
     fn plural(_: &()) -> Cow<'_, str> {
@@ -88,7 +115,7 @@ pub struct ServiceExportStatus {
     pub conditions: Vec<McsCondition>,
 }
 
-/// A condition as MCS v1alpha1 writes it (reason and message optional).
+/// A condition as the MCS API writes it (reason and message optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct McsCondition {
@@ -108,13 +135,13 @@ pub struct McsCondition {
     pub message: Option<String>,
 }
 
-/// A service the clusterset offers in this namespace.
+/// A service the clusterset offers in this namespace (v1beta1).
 #[derive(
     CustomResource, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
 )]
 #[kube(
     group = "multicluster.x-k8s.io",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "ServiceImport",
     namespaced,
     status = "ServiceImportStatus",
@@ -126,7 +153,8 @@ pub struct ServiceImportSpec {
     /// `ClusterSetIP` or `Headless`.
     #[serde(rename = "type")]
     pub type_: String,
-    /// The ClusterSetIP(s), for type ClusterSetIP.
+    /// The ClusterSetIP(s), one per IP family in `ipFamilies` order; none
+    /// for Headless.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<String>,
     /// Ports.
@@ -135,6 +163,35 @@ pub struct ServiceImportSpec {
     /// `None` or `ClientIP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<String>,
+    /// Settings of ClientIP affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<McsSessionAffinityConfig>,
+    /// `IPv4` and/or `IPv6`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<String>,
+    /// `Cluster` or `Local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    /// `PreferClose`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
+}
+
+/// `sessionAffinityConfig` of a ServiceImport, as a Service's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct McsSessionAffinityConfig {
+    /// ClientIP affinity settings.
+    #[serde(rename = "clientIP", default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<McsClientIpConfig>,
+}
+
+/// `sessionAffinityConfig.clientIP`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct McsClientIpConfig {
+    /// Stickiness in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
 }
 
 /// A port of an imported service.
@@ -160,6 +217,9 @@ pub struct ServiceImportStatus {
     /// Exporting clusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<ClusterStatus>,
+    /// Conditions (`Ready`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<McsCondition>,
 }
 
 /// One exporting cluster.
@@ -169,46 +229,65 @@ pub struct ClusterStatus {
     pub cluster: String,
 }
 
-/// The MCS CRDs (ServiceExport and ServiceImport, v1alpha1) for clusters
-/// that have none installed; ServiceExport's is written out because the
-/// type has no spec to derive it from.
+/// The MCS CRDs (ServiceExport and ServiceImport) for clusters that have
+/// none installed: v1beta1 stored, v1alpha1 served with the same schema (no
+/// conversion needed: v1beta1 only adds optional fields). ServiceExport's is
+/// written out because its spec is optional.
 pub fn mcs_crds() -> Vec<CustomResourceDefinition> {
     use kube::CustomResourceExt;
+    let string_map =
+        serde_json::json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let schema = serde_json::json!({
+        "type": "object",
+        "description": "Marks the Service of the same namespace and name for export to the clusterset.",
+        "properties": {
+            "spec": {"type": "object", "properties": {
+                "exportedLabels": string_map,
+                "exportedAnnotations": string_map,
+            }},
+            "status": {"type": "object", "properties": {"conditions": {
+                "type": "array",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+                "items": {"type": "object", "required": ["type", "status"], "properties": {
+                    "type": {"type": "string"},
+                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                }},
+            }}},
+        },
+    });
     let export: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": "serviceexports.multicluster.x-k8s.io"},
         "spec": {
-            "group": "multicluster.x-k8s.io",
+            "group": GROUP,
             "scope": "Namespaced",
             "names": {"kind": "ServiceExport", "plural": "serviceexports",
                       "singular": "serviceexport", "shortNames": ["svcex"]},
             "versions": [{
-                "name": "v1alpha1", "served": true, "storage": true,
+                "name": VERSION, "served": true, "storage": true,
                 "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "Marks the Service of the same namespace and name for export to the clusterset.",
-                    "properties": {
-                        "status": {"type": "object", "properties": {"conditions": {
-                            "type": "array",
-                            "x-kubernetes-list-type": "map",
-                            "x-kubernetes-list-map-keys": ["type"],
-                            "items": {"type": "object", "required": ["type", "status"], "properties": {
-                                "type": {"type": "string"},
-                                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                                "lastTransitionTime": {"type": "string", "format": "date-time"},
-                                "reason": {"type": "string"},
-                                "message": {"type": "string"},
-                            }},
-                        }}},
-                    },
-                }},
+                "schema": {"openAPIV3Schema": schema},
             }],
         },
     }))
     .expect("well-formed CRD");
-    vec![export, ServiceImport::crd()]
+    vec![with_v1alpha1(export), with_v1alpha1(ServiceImport::crd())]
+}
+
+/// Adds v1alpha1 as a served, not stored, copy of the stored version.
+fn with_v1alpha1(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    if let Some(stored) = crd.spec.versions.first().cloned() {
+        let mut alpha = stored;
+        alpha.name = "v1alpha1".into();
+        alpha.storage = false;
+        crd.spec.versions.insert(0, alpha);
+    }
+    crd
 }
 
 #[cfg(test)]
@@ -226,8 +305,29 @@ mod tests {
         );
         assert_eq!(
             ServiceExport::url_path(&(), Some("prod")),
-            "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/prod/serviceexports"
+            "/apis/multicluster.x-k8s.io/v1beta1/namespaces/prod/serviceexports"
         );
+        assert_eq!(
+            ServiceImport::url_path(&(), Some("prod")),
+            "/apis/multicluster.x-k8s.io/v1beta1/namespaces/prod/serviceimports"
+        );
+        for crd in mcs_crds() {
+            let versions: Vec<_> = crd
+                .spec
+                .versions
+                .iter()
+                .map(|v| (v.name.as_str(), v.served, v.storage))
+                .collect();
+            assert_eq!(
+                versions,
+                [("v1alpha1", true, false), ("v1beta1", true, true)],
+                "{:?}",
+                crd.metadata.name
+            );
+        }
+        let v1beta1 = "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata: {name: web, namespace: default}\nspec: {exportedLabels: {tier: web}}\n";
+        let se: ServiceExport = serde_yaml::from_str(v1beta1).unwrap();
+        assert_eq!(se.spec.exported_labels["tier"], "web");
         let yaml = "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata: {name: web, namespace: default}\n";
         let se: ServiceExport = serde_yaml::from_str(yaml).unwrap();
         assert_eq!(se.metadata.name.as_deref(), Some("web"));

@@ -19,9 +19,10 @@ pub use ids::{ClusterId, GlobalCidr, IdError, ObjectName, WireGuardKey};
 /// True when two networks share an address.
 pub use kinds::overlaps;
 pub use kinds::{
-    AnyRecord, CableBackend, Cluster, ConnectionState, ConnectionStatus, Endpoint,
-    HeadlessEndpoint, Kind, Protocol, RecordKey, RttStats, ServiceImport, ServiceImportType,
-    ServicePort, ValidationError,
+    AnyRecord, CableBackend, ClientIpConfig, Cluster, ConnectionState, ConnectionStatus, Endpoint,
+    ExportProperties, HeadlessEndpoint, IpFamily, Kind, Protocol, RecordKey, RttStats,
+    ServiceImport, ServiceImportType, ServicePort, SessionAffinity, SessionAffinityConfig,
+    ValidationError,
 };
 
 #[cfg(test)]

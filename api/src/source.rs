@@ -1,15 +1,18 @@
 //! Cluster sources: the local cluster's Services, EndpointSlices,
-//! ServiceExports, Nodes and Namespaces, as one state that is republished on
-//! every change. Planners are functions of that whole state, so a source
+//! ServiceExports, ServiceImports, Nodes and Namespaces, as one state that is
+//! republished on every change. Planners are functions of that whole state, so a source
 //! hands out snapshots on a `tokio::sync::watch` channel rather than events.
 //!
 //! Backends: a directory of Kubernetes manifests (the lab, and clusters
 //! without a Kubernetes API) and the Kubernetes API through kube reflectors.
+//! A source is also where the cluster's MCS ServiceImports are written
+//! ([`ClusterSource::import_writer`]): the Kubernetes API, or files in the
+//! manifest directory (the lab's API server stand-in).
 
 mod kubernetes;
 mod manifest;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
@@ -17,9 +20,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
 
 pub use kubernetes::KubeSource;
-pub use manifest::{Manifest, ManifestDirSource, ManifestError, parse_manifests};
+pub use manifest::{
+    IMPORTS_DIR, Manifest, ManifestDirSource, ManifestError, ManifestImportWriter, parse_manifests,
+    render_import,
+};
 
-use crate::mcs::ServiceExport;
+use crate::mcs::{ImportWriter, ServiceExport, ServiceImport};
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped kinds.
 pub type ObjectKey = (String, String);
@@ -40,9 +46,20 @@ pub struct ClusterState {
     pub nodes: BTreeMap<ObjectKey, Node>,
     /// Namespaces (namespace sameness).
     pub namespaces: BTreeMap<ObjectKey, Namespace>,
+    /// MCS ServiceImports (what the import controller wrote, and any other).
+    pub service_imports: BTreeMap<ObjectKey, ServiceImport>,
 }
 
 impl ClusterState {
+    /// The names of the namespaces that exist (and are not being deleted).
+    pub fn namespace_names(&self) -> BTreeSet<String> {
+        self.namespaces
+            .iter()
+            .filter(|(_, n)| n.metadata.deletion_timestamp.is_none())
+            .map(|((_, name), _)| name.clone())
+            .collect()
+    }
+
     /// The EndpointSlices of one Service (by the `kubernetes.io/service-name` label).
     pub fn slices_of<'a>(
         &'a self,
@@ -67,12 +84,19 @@ impl ClusterState {
 pub trait ClusterSource: Send + Sync {
     /// The latest state; every change publishes a new one.
     fn state(&self) -> watch::Receiver<Arc<ClusterState>>;
+
+    /// Where this cluster's MCS ServiceImports are written, if the source
+    /// can take writes.
+    fn import_writer(&self) -> Option<Arc<dyn ImportWriter>> {
+        None
+    }
 }
 
 /// A cluster source whose state a test sets by hand.
 #[derive(Debug)]
 pub struct FakeClusterSource {
     tx: watch::Sender<Arc<ClusterState>>,
+    writer: Option<Arc<dyn ImportWriter>>,
 }
 
 impl Default for FakeClusterSource {
@@ -86,7 +110,14 @@ impl FakeClusterSource {
     pub fn new() -> Self {
         Self {
             tx: watch::channel(Arc::new(ClusterState::default())).0,
+            writer: None,
         }
+    }
+
+    /// The source hands out `writer` as its import writer.
+    pub fn with_import_writer(mut self, writer: Arc<dyn ImportWriter>) -> Self {
+        self.writer = Some(writer);
+        self
     }
 
     /// Publishes `state`.
@@ -105,6 +136,10 @@ impl FakeClusterSource {
 impl ClusterSource for FakeClusterSource {
     fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.tx.subscribe()
+    }
+
+    fn import_writer(&self) -> Option<Arc<dyn ImportWriter>> {
+        self.writer.clone()
     }
 }
 

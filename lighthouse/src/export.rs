@@ -481,6 +481,7 @@ fn publish(
         cluster_ips: Vec::new(),
         endpoints: Vec::new(),
         exported_at_ms: 0,
+        properties: Default::default(),
     };
     let note = match d.kind {
         ServiceImportType::ClusterSetIP => {

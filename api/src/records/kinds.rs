@@ -1,5 +1,6 @@
 //! The record kinds and their invariants.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -232,6 +233,111 @@ pub struct ServiceImport {
     /// oldest export takes precedence in a conflict, as the MCS API says.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub exported_at_ms: u64,
+    /// What the MCS ServiceImport takes from this export (session affinity,
+    /// policies, IP families, exported labels and annotations); absent in
+    /// records of older writers, which read as the defaults. Boxed: most
+    /// records are handled without looking at it.
+    #[serde(flatten)]
+    pub properties: Box<ExportProperties>,
+}
+
+/// Session affinity of a Service (`spec.sessionAffinity`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+pub enum SessionAffinity {
+    /// `None`: no affinity (the Kubernetes default).
+    #[default]
+    None,
+    /// `ClientIP`: a client keeps its endpoint for the timeout.
+    #[serde(rename = "ClientIP")]
+    ClientIp,
+}
+
+impl SessionAffinity {
+    fn is_none(&self) -> bool {
+        *self == SessionAffinity::None
+    }
+}
+
+/// `spec.sessionAffinityConfig` of a Service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub struct SessionAffinityConfig {
+    /// `clientIP`: settings of ClientIP affinity.
+    #[serde(rename = "clientIP", default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+/// `spec.sessionAffinityConfig.clientIP` of a Service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    /// How long a client sticks to its endpoint (seconds, 1 to 86400;
+    /// Kubernetes defaults it to 10800).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+}
+
+/// An IP family (`spec.ipFamilies`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum IpFamily {
+    /// `IPv4`.
+    IPv4,
+    /// `IPv6`.
+    IPv6,
+}
+
+impl IpFamily {
+    /// The family of `ip`.
+    pub fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => IpFamily::IPv4,
+            IpAddr::V6(_) => IpFamily::IPv6,
+        }
+    }
+}
+
+/// What an MCS ServiceImport (v1beta1) takes from one constituent export:
+/// the Service's session affinity, traffic policies and IP families, and the
+/// ServiceExport's `spec.exportedLabels` / `spec.exportedAnnotations` (never
+/// the Service's own labels). The oldest export's values win a conflict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportProperties {
+    /// `spec.sessionAffinity` of the Service.
+    #[serde(default, skip_serializing_if = "SessionAffinity::is_none")]
+    pub session_affinity: SessionAffinity,
+    /// `spec.sessionAffinityConfig` of the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// `spec.internalTrafficPolicy` of the Service (`Cluster`, `Local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_traffic_policy: Option<String>,
+    /// `spec.trafficDistribution` of the Service (`PreferClose`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<String>,
+    /// `spec.ipFamilies` of the Service, in its order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<IpFamily>,
+    /// `spec.exportedLabels` of the ServiceExport.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exported_labels: BTreeMap<String, String>,
+    /// `spec.exportedAnnotations` of the ServiceExport.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exported_annotations: BTreeMap<String, String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -413,6 +519,26 @@ impl AnyRecord {
                             return Err(fail("headless import with virtual addresses".into()));
                         }
                     }
+                }
+                if let Some(t) = s
+                    .properties
+                    .session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .filter(|t| !(1..=86_400).contains(t))
+                {
+                    return Err(fail(format!(
+                        "session affinity timeout {t} s is outside 1..=86400"
+                    )));
+                }
+                if s.properties.ip_families.len() > 2
+                    || s.properties.ip_families.windows(2).any(|w| w[0] == w[1])
+                {
+                    return Err(fail(format!(
+                        "IP families {:?} are not one or two distinct families",
+                        s.properties.ip_families
+                    )));
                 }
                 if let Some(h) = s
                     .endpoints

@@ -50,6 +50,7 @@ pub(crate) fn sample_import(cluster: &str, ns: &str, name: &str) -> ServiceImpor
         cluster_ips: vec![ip("10.96.0.10")],
         endpoints: vec![],
         exported_at_ms: 0,
+        properties: Default::default(),
     }
 }
 
@@ -162,6 +163,60 @@ fn decode_refuses_bad_records() {
     assert_eq!(r, good);
 }
 
+/// An import with every MCS property set.
+fn with_properties() -> ServiceImport {
+    let mut r = sample_import("a", "default", "web");
+    r.exported_at_ms = 1_700_000_000_000;
+    r.properties = Box::new(ExportProperties {
+        session_affinity: SessionAffinity::ClientIp,
+        session_affinity_config: Some(SessionAffinityConfig {
+            client_ip: Some(ClientIpConfig {
+                timeout_seconds: Some(10),
+            }),
+        }),
+        internal_traffic_policy: Some("Local".into()),
+        traffic_distribution: Some("PreferClose".into()),
+        ip_families: vec![IpFamily::IPv4],
+        exported_labels: [("tier".to_owned(), "web".to_owned())].into(),
+        exported_annotations: [("team".to_owned(), "blue".to_owned())].into(),
+    });
+    r
+}
+
+#[test]
+fn mcs_properties_round_trip_and_old_records_read_as_defaults() {
+    let r: AnyRecord = with_properties().into();
+    let bytes = encode(&r);
+    assert_eq!(decode(&r.key(), &bytes).unwrap(), r);
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let spec = &v["spec"];
+    assert_eq!(spec["sessionAffinity"], "ClientIP");
+    assert_eq!(
+        spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
+        10
+    );
+    assert_eq!(spec["internalTrafficPolicy"], "Local");
+    assert_eq!(spec["trafficDistribution"], "PreferClose");
+    assert_eq!(spec["ipFamilies"], serde_json::json!(["IPv4"]));
+    assert_eq!(spec["exportedLabels"]["tier"], "web");
+    assert_eq!(spec["exportedAnnotations"]["team"], "blue");
+
+    // A record written before these fields existed (and one with defaults:
+    // nothing new is written) reads as the defaults.
+    let old = br#"{"version":1,"kind":"ServiceImport","spec":{"cluster":"a","namespace":"default","name":"web","type":"ClusterSetIP","ports":[{"name":"http","protocol":"TCP","port":80}],"addresses":["242.1.0.10"],"clusterIps":["10.96.0.10"],"endpoints":[]}}"#;
+    let plain: AnyRecord = sample_import("a", "default", "web").into();
+    assert_eq!(decode(&plain.key(), old).unwrap(), plain);
+    let v: serde_json::Value = serde_json::from_slice(&encode(&plain)).unwrap();
+    for field in [
+        "sessionAffinity",
+        "sessionAffinityConfig",
+        "ipFamilies",
+        "exportedLabels",
+    ] {
+        assert!(v["spec"].get(field).is_none(), "{field} written: {v}");
+    }
+}
+
 #[test]
 fn validation_table() {
     let mut overlapping = sample_cluster("a");
@@ -182,6 +237,14 @@ fn validation_table() {
     small_mtu.mtu = 500;
     let mut foreign_egress = sample_endpoint("a");
     foreign_egress.egress_ips.push(ip("242.0.0.2"));
+    let mut long_affinity = with_properties();
+    long_affinity.properties.session_affinity_config = Some(SessionAffinityConfig {
+        client_ip: Some(ClientIpConfig {
+            timeout_seconds: Some(86_401),
+        }),
+    });
+    let mut twice_v4 = with_properties();
+    twice_v4.properties.ip_families = vec![IpFamily::IPv4, IpFamily::IPv4];
 
     let cases: Vec<(&str, AnyRecord, bool)> = vec![
         ("cluster", sample_cluster("a").into(), true),
@@ -198,6 +261,9 @@ fn validation_table() {
         ("mtu", small_mtu.into(), false),
         ("egress", sample_endpoint("a").into(), true),
         ("foreign egress", foreign_egress.into(), false),
+        ("mcs properties", with_properties().into(), true),
+        ("affinity timeout", long_affinity.into(), false),
+        ("one family twice", twice_v4.into(), false),
     ];
     for (name, r, ok) in cases {
         assert_eq!(r.validate().is_ok(), ok, "{name}: {:?}", r.validate());

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{ClusterSource, ClusterState, ObjectKey};
-use crate::mcs::ServiceExport;
+use crate::mcs::{ImportWriter, KubeImportWriter, ServiceExport, ServiceImport};
 
 /// A kind's place in [`ClusterState`].
 type Slot<K> = fn(&mut ClusterState) -> &mut BTreeMap<ObjectKey, K>;
@@ -80,29 +80,41 @@ impl<K: Resource + Clone> KindFold<K> {
 }
 
 /// Cluster state from the Kubernetes API.
-#[derive(Debug)]
 pub struct KubeSource {
     state: watch::Receiver<Arc<ClusterState>>,
+    client: Client,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource").finish_non_exhaustive()
+    }
 }
 
 impl ClusterSource for KubeSource {
     fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.state.clone()
     }
+
+    /// ServiceImports are written through the same API.
+    fn import_writer(&self) -> Option<Arc<dyn ImportWriter>> {
+        Some(Arc::new(KubeImportWriter::new(self.client.clone())))
+    }
 }
 
 struct Shared {
-    state: Mutex<(ClusterState, [bool; 5])>,
+    state: Mutex<(ClusterState, [bool; 6])>,
     tx: watch::Sender<Arc<ClusterState>>,
 }
 
 impl KubeSource {
-    /// Watches Services, EndpointSlices, ServiceExports (all namespaces),
-    /// Nodes and Namespaces through `client` until `cancel` fires.
+    /// Watches Services, EndpointSlices, ServiceExports, ServiceImports (all
+    /// namespaces), Nodes and Namespaces through `client` until `cancel`
+    /// fires.
     pub fn spawn(client: Client, cancel: CancellationToken) -> Self {
         let (tx, state) = watch::channel(Arc::new(ClusterState::default()));
         let shared = Arc::new(Shared {
-            state: Mutex::new((ClusterState::default(), [false; 5])),
+            state: Mutex::new((ClusterState::default(), [false; 6])),
             tx,
         });
         spawn_kind::<Service>(
@@ -133,8 +145,21 @@ impl KubeSource {
             &shared,
             &cancel,
         );
-        spawn_kind::<Namespace>(4, Api::all(client), |s| &mut s.namespaces, &shared, &cancel);
-        Self { state }
+        spawn_kind::<Namespace>(
+            4,
+            Api::all(client.clone()),
+            |s| &mut s.namespaces,
+            &shared,
+            &cancel,
+        );
+        spawn_kind::<ServiceImport>(
+            5,
+            Api::all(client.clone()),
+            |s| &mut s.service_imports,
+            &shared,
+            &cancel,
+        );
+        Self { state, client }
     }
 }
 

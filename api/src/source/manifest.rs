@@ -7,6 +7,12 @@
 //! that fails to parse is reported with its path and skipped. A file that
 //! was good and turns bad (say, half-written) keeps its last good objects,
 //! so a partial write never withdraws exports.
+//!
+//! Namespaces come from Namespace manifests, plus `default`, `kube-system`,
+//! `kube-public` and `kube-node-lease`, which an API server always has.
+//! ServiceExports and ServiceImports are read in `multicluster.x-k8s.io`
+//! v1alpha1 and v1beta1. The directory also takes writes: the import
+//! controller's ServiceImports go to `causeway-imports/` ([`imports`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +27,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{ClusterSource, ClusterState};
-use crate::mcs::ServiceExport;
+use crate::mcs::{ImportWriter, ServiceExport, ServiceImport};
+
+mod imports;
+
+pub use imports::{IMPORTS_DIR, ManifestImportWriter, render_import};
+
+/// The namespaces an API server creates itself.
+pub const BUILTIN_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// One object of a manifest file.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +46,8 @@ pub enum Manifest {
     EndpointSlice(Box<EndpointSlice>),
     /// A ServiceExport.
     ServiceExport(Box<ServiceExport>),
+    /// A ServiceImport.
+    ServiceImport(Box<ServiceImport>),
     /// A Node.
     Node(Box<Node>),
     /// A Namespace.
@@ -138,8 +154,11 @@ fn classify(
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             Manifest::EndpointSlice(Box::new(typed(doc, &kind, v)?))
         }
-        ("multicluster.x-k8s.io/v1alpha1", "ServiceExport") => {
+        ("multicluster.x-k8s.io/v1alpha1" | "multicluster.x-k8s.io/v1beta1", "ServiceExport") => {
             Manifest::ServiceExport(Box::new(typed(doc, &kind, v)?))
+        }
+        ("multicluster.x-k8s.io/v1alpha1" | "multicluster.x-k8s.io/v1beta1", "ServiceImport") => {
+            Manifest::ServiceImport(Box::new(typed(doc, &kind, v)?))
         }
         ("v1", "Node") => Manifest::Node(Box::new(typed(doc, &kind, v)?)),
         ("v1", "Namespace") => Manifest::Namespace(Box::new(typed(doc, &kind, v)?)),
@@ -187,6 +206,16 @@ pub(crate) fn build_state<'a>(files: impl IntoIterator<Item = &'a Vec<Manifest>>
         synced: true,
         ..ClusterState::default()
     };
+    for name in BUILTIN_NAMESPACES {
+        let ns = Namespace {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            ..Namespace::default()
+        };
+        s.namespaces.insert((String::new(), name.to_owned()), ns);
+    }
     for m in files.into_iter().flatten() {
         match m {
             Manifest::Service(o) => {
@@ -206,6 +235,12 @@ pub(crate) fn build_state<'a>(files: impl IntoIterator<Item = &'a Vec<Manifest>>
                 let k = ns_name(&o.metadata, true);
                 o.metadata.namespace = Some(k.0.clone());
                 s.service_exports.insert(k, o);
+            }
+            Manifest::ServiceImport(o) => {
+                let mut o = (**o).clone();
+                let k = ns_name(&o.metadata, true);
+                o.metadata.namespace = Some(k.0.clone());
+                s.service_imports.insert(k, o);
             }
             Manifest::Node(o) => {
                 s.nodes.insert(ns_name(&o.metadata, false), (**o).clone());
@@ -256,11 +291,18 @@ fn scan(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
 pub struct ManifestDirSource {
     state: watch::Receiver<Arc<ClusterState>>,
     problems: watch::Receiver<BTreeMap<PathBuf, String>>,
+    dir: PathBuf,
 }
 
 impl ClusterSource for ManifestDirSource {
     fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.state.clone()
+    }
+
+    /// ServiceImports become files of the directory, as an API server
+    /// would store them.
+    fn import_writer(&self) -> Option<Arc<dyn ImportWriter>> {
+        Some(Arc::new(ManifestImportWriter::new(self.dir.clone())))
     }
 }
 
@@ -269,6 +311,11 @@ impl ManifestDirSource {
     pub fn spawn(dir: PathBuf, poll_interval: Duration, cancel: CancellationToken) -> Self {
         let (state_tx, state) = watch::channel(Arc::new(ClusterState::default()));
         let (problems_tx, problems) = watch::channel(BTreeMap::new());
+        let source = Self {
+            state,
+            problems,
+            dir: dir.clone(),
+        };
         tokio::spawn(async move {
             let mut poller = Poller::default();
             let mut tick = tokio::time::interval(poll_interval);
@@ -312,7 +359,7 @@ impl ManifestDirSource {
                 }
             }
         });
-        Self { state, problems }
+        source
     }
 
     /// Files that failed to parse, with the error; changes are pushed.

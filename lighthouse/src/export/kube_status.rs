@@ -231,7 +231,7 @@ mod tests {
             let body = req.into_body().collect_bytes().await.unwrap();
             let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
             let mut object = serde_json::json!({
-                "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+                "apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceExport",
                 "metadata": {"name": "web", "namespace": "prod"}});
             object["status"] = patch["status"].clone();
             send.send_response(
@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(method, http::Method::PATCH);
         assert_eq!(
             path,
-            "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/prod/serviceexports/web/status"
+            "/apis/multicluster.x-k8s.io/v1beta1/namespaces/prod/serviceexports/web/status"
         );
         assert_eq!(content_type, "application/merge-patch+json");
         assert_eq!(patch["status"]["conditions"][0]["type"], "Valid");

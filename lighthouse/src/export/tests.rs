@@ -364,6 +364,7 @@ fn import(cluster: &str, kind: ServiceImportType, ports: Vec<ServicePort>) -> Se
         },
         endpoints: vec![],
         exported_at_ms: 0,
+        properties: Default::default(),
     }
 }
 

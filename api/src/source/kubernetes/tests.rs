@@ -15,9 +15,10 @@ fn list(api_version: &str, kind: &str, items: serde_json::Value) -> Vec<u8> {
     .unwrap()
 }
 
-/// Serves list and watch requests for the five kinds until the test ends.
+/// Serves list and watch requests for the six kinds until the test ends.
 /// The first EndpointSlice watch delivers one ADDED event. Without `mcs`,
-/// the ServiceExport kind answers 404, as when its CRD is not installed.
+/// the ServiceExport and ServiceImport kinds answer 404, as when their CRDs
+/// are not installed.
 async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, mcs: bool) {
     let mut slice_watches = 0;
     let mut paths = std::collections::BTreeSet::new();
@@ -57,7 +58,10 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
                     "EndpointSlice",
                     serde_json::json!([]),
                 ),
-                "/apis/multicluster.x-k8s.io/v1alpha1/serviceexports" if !mcs => {
+                "/apis/multicluster.x-k8s.io/v1beta1/serviceexports"
+                | "/apis/multicluster.x-k8s.io/v1beta1/serviceimports"
+                    if !mcs =>
+                {
                     send.send_response(
                         Response::builder()
                             .status(404)
@@ -72,11 +76,20 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
                     );
                     continue;
                 }
-                "/apis/multicluster.x-k8s.io/v1alpha1/serviceexports" => list(
-                    "multicluster.x-k8s.io/v1alpha1",
+                "/apis/multicluster.x-k8s.io/v1beta1/serviceexports" => list(
+                    "multicluster.x-k8s.io/v1beta1",
                     "ServiceExport",
-                    serde_json::json!([{"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
-                                        "metadata": {"name": "web", "namespace": "prod", "resourceVersion": "6"}}]),
+                    serde_json::json!([{"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceExport",
+                                        "metadata": {"name": "web", "namespace": "prod", "resourceVersion": "6"},
+                                        "spec": {"exportedLabels": {"tier": "web"}}}]),
+                ),
+                "/apis/multicluster.x-k8s.io/v1beta1/serviceimports" => list(
+                    "multicluster.x-k8s.io/v1beta1",
+                    "ServiceImport",
+                    serde_json::json!([{"apiVersion": "multicluster.x-k8s.io/v1beta1", "kind": "ServiceImport",
+                                        "metadata": {"name": "web", "namespace": "prod", "resourceVersion": "9"},
+                                        "spec": {"type": "ClusterSetIP", "ports": [{"port": 80}]},
+                                        "status": {"clusters": [{"cluster": "b"}]}}]),
                 ),
                 "/api/v1/nodes" => list(
                     "v1",
@@ -115,6 +128,7 @@ async fn without_the_mcs_crd_exports_are_empty_and_the_rest_syncs() {
     cancel.cancel();
     server.abort();
     assert!(s.service_exports.is_empty());
+    assert!(s.service_imports.is_empty());
     assert_eq!(s.services.len(), 1);
 }
 
@@ -140,10 +154,10 @@ async fn lists_then_watches_every_kind() {
         s.services.keys().cloned().collect::<Vec<_>>(),
         [("prod".to_string(), "web".to_string())]
     );
-    assert!(
-        s.service_exports
-            .contains_key(&("prod".into(), "web".into()))
-    );
+    let export = &s.service_exports[&("prod".into(), "web".into())];
+    assert_eq!(export.spec.exported_labels["tier"], "web");
+    let import = &s.service_imports[&("prod".into(), "web".into())];
+    assert_eq!(import.status.as_ref().unwrap().clusters[0].cluster, "b");
     assert!(s.nodes.contains_key(&(String::new(), "node-1".into())));
     assert!(s.namespaces.contains_key(&(String::new(), "prod".into())));
     assert_eq!(s.slices_of("prod", "web").count(), 1);

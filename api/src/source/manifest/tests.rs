@@ -102,7 +102,178 @@ fn state_defaults_namespace_and_finds_slices() {
     assert_eq!(s.slices_of("prod", "web").count(), 1);
     assert_eq!(s.slices_of("prod", "other").count(), 0);
     assert!(s.nodes.contains_key(&(String::new(), "node-1".into())));
-    assert_eq!(s.namespaces.len(), 1);
+    // prod, and the four an API server always has.
+    assert_eq!(
+        s.namespace_names().into_iter().collect::<Vec<_>>(),
+        [
+            "default",
+            "kube-node-lease",
+            "kube-public",
+            "kube-system",
+            "prod"
+        ]
+    );
+    assert_eq!(build_state([]).namespace_names().len(), 4);
+}
+
+#[test]
+fn both_mcs_versions_are_read() {
+    let text = r#"
+apiVersion: multicluster.x-k8s.io/v1beta1
+kind: ServiceExport
+metadata: {name: web, namespace: prod}
+spec:
+  exportedLabels: {tier: web}
+  exportedAnnotations: {team: blue}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: old, namespace: prod}
+---
+apiVersion: multicluster.x-k8s.io/v1beta1
+kind: ServiceImport
+metadata: {name: web, namespace: prod}
+spec:
+  type: ClusterSetIP
+  ports: [{name: http, protocol: TCP, port: 80}]
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 10}}
+status:
+  clusters: [{cluster: b}]
+"#;
+    let s = build_state(&[parse_manifests(text).unwrap()]);
+    let web = &s.service_exports[&("prod".into(), "web".into())];
+    assert_eq!(web.spec.exported_labels["tier"], "web");
+    assert_eq!(web.spec.exported_annotations["team"], "blue");
+    assert!(
+        s.service_exports[&("prod".into(), "old".into())]
+            .spec
+            .exported_labels
+            .is_empty()
+    );
+    let import = &s.service_imports[&("prod".into(), "web".into())];
+    assert_eq!(import.spec.type_, "ClusterSetIP");
+    assert_eq!(
+        import
+            .spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds),
+        Some(10)
+    );
+}
+
+/// A ServiceImport with every field the controller writes.
+fn full_import() -> ServiceImport {
+    use crate::mcs::{
+        ClusterStatus, McsClientIpConfig, McsServicePort, McsSessionAffinityConfig,
+        ServiceImportSpec, ServiceImportStatus,
+    };
+    let port = |name: &str, protocol: &str| McsServicePort {
+        name: Some(name.into()),
+        protocol: Some(protocol.into()),
+        app_protocol: None,
+        port: 42,
+    };
+    let mut i = ServiceImport::new(
+        "hello",
+        ServiceImportSpec {
+            type_: "ClusterSetIP".into(),
+            ips: vec![],
+            ports: vec![port("tcp", "TCP"), port("udp", "UDP")],
+            session_affinity: Some("ClientIP".into()),
+            session_affinity_config: Some(McsSessionAffinityConfig {
+                client_ip: Some(McsClientIpConfig {
+                    timeout_seconds: Some(10),
+                }),
+            }),
+            ip_families: vec!["IPv4".into()],
+            internal_traffic_policy: Some("Cluster".into()),
+            traffic_distribution: Some("PreferClose".into()),
+        },
+    );
+    i.metadata.namespace = Some("prod".into());
+    i.metadata.labels = Some(
+        [
+            (
+                "causeway.io/managed-by".to_owned(),
+                "import-controller".to_owned(),
+            ),
+            ("dummy-label".to_owned(), "true".to_owned()),
+        ]
+        .into(),
+    );
+    i.metadata.annotations = Some([("dummy-annotation".to_owned(), "true".to_owned())].into());
+    i.status = Some(ServiceImportStatus {
+        clusters: vec![
+            ClusterStatus {
+                cluster: "a".into(),
+            },
+            ClusterStatus {
+                cluster: "b".into(),
+            },
+        ],
+        conditions: vec![],
+    });
+    i
+}
+
+/// Compares `text` with golden file `name` (`UPDATE_GOLDEN=1` rewrites it).
+fn golden(name: &str, text: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/source/manifest/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(text, want, "{} differs", path.display());
+}
+
+#[test]
+fn an_import_renders_as_the_golden_yaml_and_parses_back() {
+    let text = render_import(&full_import());
+    golden("serviceimport-prod-hello.yaml", &text);
+    let back = parse_manifests(&text).unwrap();
+    assert_eq!(back, [Manifest::ServiceImport(Box::new(full_import()))]);
+}
+
+#[tokio::test]
+async fn imports_written_to_the_directory_are_read_back_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("svc.yaml"), SVC).unwrap();
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let src = ManifestDirSource::spawn(dir.path().into(), Duration::from_millis(50), cancel);
+    let writer = src.import_writer().expect("the directory takes writes");
+    writer.apply(&full_import()).await.unwrap();
+    let file = dir.path().join("causeway-imports/prod.hello.yaml");
+    assert!(file.exists());
+    // Applying the same object again leaves the file alone.
+    let stamp = std::fs::metadata(&file).unwrap().modified().unwrap();
+    writer.apply(&full_import()).await.unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), stamp);
+
+    let mut rx = src.state();
+    wait_until(&mut rx, "import read", |s| {
+        s.service_imports
+            .contains_key(&("prod".into(), "hello".into()))
+    })
+    .await;
+    assert!(src.problems().borrow().is_empty());
+    assert_eq!(
+        rx.borrow().service_imports[&("prod".into(), "hello".into())],
+        full_import()
+    );
+
+    writer.delete("prod", "hello").await.unwrap();
+    writer.delete("prod", "hello").await.unwrap();
+    assert!(!file.exists());
+    wait_until(&mut rx, "import removed", |s| s.service_imports.is_empty()).await;
+    assert_eq!(rx.borrow().services.len(), 1);
 }
 
 async fn wait_until(
