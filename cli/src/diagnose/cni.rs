@@ -91,6 +91,14 @@ fn walk(e: &Value, out: &mut Rule) {
                     "masquerade" | "snat" | "dnat" | "redirect" => {
                         out.translations.push(k.clone());
                     }
+                    // iptables-nft writes targets nft cannot express natively
+                    // as xtables expressions (Calico's and kube-proxy's rules).
+                    "xt" if v["type"] == "target" => {
+                        let name = v["name"].as_str().unwrap_or_default();
+                        if ["MASQUERADE", "SNAT", "DNAT", "REDIRECT", "NETMAP"].contains(&name) {
+                            out.translations.push(name.to_lowercase());
+                        }
+                    }
                     _ => {}
                 }
                 walk(v, out);
@@ -440,6 +448,17 @@ mod tests {
         };
         let flannel = [("cni0", Some("bridge")), ("eth0", Some("veth"))];
         let calico = [("cali1234", Some("veth")), ("vxlan.calico", Some("vxlan"))];
+        // Calico's natOutgoing as iptables-nft writes it, in its own chains.
+        let calico_nat = |prio: i32| {
+            vec![
+                json!({"chain": {"family": "ip", "table": "nat", "name": "cali-POSTROUTING"}}),
+                json!({"chain": {"family": "ip", "table": "nat", "name": "cali-nat-outgoing"}}),
+                json!({"chain": {"family": "ip", "table": "nat", "name": "CALI-EARLY", "type": "nat", "hook": "postrouting", "prio": prio}}),
+                json!({"rule": {"family": "ip", "table": "nat", "chain": "CALI-EARLY", "expr": [{"xt": {"type": "match", "name": "comment"}}, {"jump": {"target": "cali-POSTROUTING"}}]}}),
+                json!({"rule": {"family": "ip", "table": "nat", "chain": "cali-POSTROUTING", "expr": [{"jump": {"target": "cali-nat-outgoing"}}]}}),
+                json!({"rule": {"family": "ip", "table": "nat", "chain": "cali-nat-outgoing", "expr": [{"xt": {"type": "match", "name": "comment"}}, {"xt": {"type": "target", "name": "MASQUERADE"}}]}}),
+            ]
+        };
         let cases: Vec<(&str, CniFacts, Vec<Status>, &str)> = vec![
             (
                 "flannel lab",
@@ -452,6 +471,18 @@ mod tests {
                 facts(lab_ruleset(vec![]), &calico),
                 vec![Status::Ok; 3],
                 "CNI: Calico (link cali1234, link vxlan.calico)",
+            ),
+            (
+                "calico natOutgoing after Causeway",
+                facts(lab_ruleset(calico_nat(100)), &calico),
+                vec![Status::Ok; 3],
+                "ip nat CALI-EARLY (postrouting srcnat (100))",
+            ),
+            (
+                "calico natOutgoing (iptables-nft) before Causeway",
+                facts(lab_ruleset(calico_nat(50)), &calico),
+                vec![Status::Ok, Status::Fail, Status::Ok],
+                "translates (masquerade in cali-nat-outgoing)",
             ),
             (
                 "masquerade at srcnat - 30",
