@@ -548,6 +548,8 @@ impl Gateway {
         };
         if self.config.globalnet.is_none() {
             tx.send_replace(records(Vec::new()));
+            // Dropping `tx` would end the publisher before it has put them.
+            stop.cancelled().await;
             return;
         }
         let stored = match self.local.list(Some(Kind::Endpoint)).await {

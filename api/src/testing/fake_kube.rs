@@ -243,6 +243,35 @@ impl FakeKube {
             .cloned()
     }
 
+    /// Deletes an object as someone else would (not recorded as a request);
+    /// watchers see it go.
+    pub fn remove(&self, group: &str, resource: &str, namespace: &str, name: &str) -> bool {
+        let mut inner = self.lock();
+        let removed = inner
+            .objects
+            .get_mut(&(group.to_owned(), resource.to_owned()))
+            .and_then(|c| c.remove(&(namespace.to_owned(), name.to_owned())));
+        let Some(object) = removed else {
+            return false;
+        };
+        inner.revision += 1;
+        let revision = inner.revision;
+        inner.events.push(Event {
+            group: group.to_owned(),
+            resource: resource.to_owned(),
+            namespace: namespace.to_owned(),
+            revision,
+            kind: "DELETED",
+            object,
+        });
+        true
+    }
+
+    /// Forgets the requests so far (a test's setup is not the code under test).
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
     /// Every object of `group`'s `resource`.
     pub fn list(&self, group: &str, resource: &str) -> Vec<Value> {
         self.lock()
