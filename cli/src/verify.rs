@@ -176,8 +176,9 @@ pub struct Report {
 /// source pod of `from`: pod to pod (each web pod of `to`), pod to service
 /// (`default/web` of `to`), and a DNS name of `to` to an HTTP answer. The
 /// DNS check uses `web.default.svc.clusterset.local` when `to` exports it
-/// and `from` does not (a local export answers first, settled decision 10);
-/// otherwise verify's own headless export of `to`, which only `to` exports.
+/// and `from` does not (a local export answers first, settled decision 10)
+/// and the answer is a global IP; otherwise verify's own headless export of
+/// `to`, which only `to` exports.
 pub fn plan(sources: &[Source], targets: &[Target], globalnet: bool) -> Vec<Probe> {
     let mut probes = Vec::new();
     for from in sources {
@@ -237,7 +238,12 @@ pub fn plan(sources: &[Source], targets: &[Target], globalnet: bool) -> Vec<Prob
                 .filter(|t| t.exports_web && t.cluster != from.cluster)
                 .map(|t| t.cluster.clone())
                 .collect();
-            let dns = match (&from.nameserver, to.exports_web && !from_exports) {
+            // Without Globalnet the name answers a ClusterIP, which the lab
+            // (no service proxy) cannot serve: look up the headless name.
+            let dns = match (
+                &from.nameserver,
+                globalnet && to.exports_web && !from_exports,
+            ) {
                 (None, _) => Err(Verdict::Fail(format!(
                     "cluster {} has no DNS pod (no nameserver in its resolv.conf)",
                     from.cluster

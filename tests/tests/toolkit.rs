@@ -382,6 +382,33 @@ fn the_toolkit_sees_a_healthy_lab_and_names_what_broke() {
 }
 
 #[test]
+fn without_globalnet_verify_reaches_pods_on_their_own_addresses() {
+    let lab = Lab::up("kitd", &["--distinct-cidrs"]);
+    lab.export("a", "default/web");
+    lab.export("b", "default/web");
+    let (report, passed, stderr) = verify(&lab);
+    assert!(passed, "{stderr}\n{:#?}", failures(&report));
+    assert_eq!(report["globalnet"], false);
+    // The lab has no service proxy, so ClusterIPs are skipped, saying so.
+    assert_eq!(report["skipped"], 4);
+    for c in checks(&report) {
+        match c["check"].as_str().unwrap() {
+            "pod-to-service" => {
+                assert_eq!(c["outcome"], "skip");
+                assert!(
+                    c["detail"].as_str().unwrap().contains("no service proxy"),
+                    "{c}"
+                );
+            }
+            "pod-to-pod" if c["to"] == "b" => {
+                assert!(c["target"].as_str().unwrap().contains(" on 10.245."), "{c}");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
 fn the_toolkit_refuses_what_it_cannot_do_yet() {
     let err = fails(causeway(&["verify"]), "verify without --lab");
     assert!(err.contains("not yet") && err.contains("--lab"), "{err}");

@@ -209,3 +209,18 @@ fn a_reply_from_the_wrong_cluster_or_pod_is_a_failure() {
     );
     assert!(check_reply(&reply, &a, Some("web-0")).is_ok());
 }
+
+#[test]
+fn without_globalnet_dns_looks_up_the_headless_name() {
+    // The web name would answer a ClusterIP, which the lab cannot serve.
+    let probes = plan(
+        &sources()[..1],
+        &[target("a", false), target("b", true)],
+        false,
+    );
+    let dns = probes.iter().find(|p| p.kind == CheckKind::Dns).unwrap();
+    let Action::Dns { name, .. } = &dns.action else {
+        panic!("{dns:?}")
+    };
+    assert_eq!(name, "cw-verify-b.default.svc.clusterset.local");
+}
