@@ -626,3 +626,81 @@ pub async fn apply_secrets(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_files_of_both_forms_parse_and_an_empty_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = dir.path().join("etcd.json");
+        fs::write(
+            &etcd,
+            r#"{"endpoints":["http://192.0.2.1:2379"],"username":"cluster-a","password":"p"}"#,
+        )
+        .unwrap();
+        let f = BrokerFile::load(&etcd).unwrap();
+        assert_eq!(f.endpoints, ["http://192.0.2.1:2379"]);
+        assert!(f.kubernetes.is_none());
+
+        let kube = dir.path().join("kube.json");
+        fs::write(
+            &kube,
+            r#"{"kubernetes":{"server":"https://broker.example:6443","namespace":"causeway-broker",
+                "caFile":"/etc/causeway/broker/ca.crt","tokenFile":"/etc/causeway/broker/token"}}"#,
+        )
+        .unwrap();
+        let f = BrokerFile::load(&kube).unwrap();
+        let k = f.kubernetes.unwrap();
+        assert_eq!(k.server, "https://broker.example:6443");
+        assert_eq!(k.token_file, Path::new("/etc/causeway/broker/token"));
+
+        let typo = dir.path().join("typo.json");
+        fs::write(
+            &typo,
+            r#"{"kubernetes":{"server":"https://b:6443","namespace":"n","caFile":"c","tokenFil":"t"}}"#,
+        )
+        .unwrap();
+        assert!(BrokerFile::load(&typo).is_err());
+        let empty = dir.path().join("empty.json");
+        fs::write(&empty, "{}").unwrap();
+        let err = format!("{:#}", BrokerFile::load(&empty).err().unwrap());
+        assert!(
+            err.contains("endpoints") && err.contains("kubernetes"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kubernetes_broker_client_is_built_from_its_ca_and_token_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=broker-ca", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&ca)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success());
+        let token = dir.path().join("token");
+        fs::write(&token, "t0ken\n").unwrap();
+        let k = KubeBrokerFile {
+            server: "https://192.0.2.1:6443".into(),
+            namespace: "causeway-broker".into(),
+            ca_file: ca,
+            token_file: token,
+        };
+        let client = kube_broker_client(&k).await.unwrap();
+        assert_eq!(client.default_namespace(), "causeway-broker");
+        let missing = KubeBrokerFile {
+            ca_file: dir.path().join("nope.crt"),
+            ..k
+        };
+        assert!(kube_broker_client(&missing).await.is_err());
+    }
+}

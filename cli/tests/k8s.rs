@@ -302,6 +302,70 @@ async fn gateway_takes_the_lease_publishes_its_endpoint_and_export_status() {
     exercise_gateway(&cluster()).await;
 }
 
+#[tokio::test]
+async fn a_standby_is_ready_while_its_campaign_reaches_the_api() {
+    let fake = cluster();
+    let k = KubeCluster::new(fake.client(), NS);
+    // node-0 holds the Lease (and keeps renewing it).
+    let holder: Arc<dyn Elector> = Arc::new(k.elector("node-0", Duration::from_secs(2)));
+    let mut active = holder.active();
+    tokio::time::timeout(Duration::from_secs(5), active.wait_for(|a| *a))
+        .await
+        .expect("node-0 takes the Lease")
+        .unwrap();
+    let standby: Arc<dyn Elector> = Arc::new(k.elector("node-1", Duration::from_secs(2)));
+    let gateway = Arc::new(Gateway {
+        config: GatewayConfig {
+            cluster: "a".parse().unwrap(),
+            node: "node-1".into(),
+            private_ip: "192.0.2.11".parse().unwrap(),
+            public_ip: None,
+            listen_port: 4500,
+            key: KeyPair::generate(),
+            backend: CableBackend::Userspace,
+            mtu: 1420,
+            tunnel_ip: "10.244.1.1".parse().unwrap(),
+            pod_cidrs: vec![net("10.244.0.0/16")],
+            service_cidrs: vec![net("10.96.0.0/12")],
+            node_cidrs: vec![],
+            global_cidr: None,
+            keepalive: 10,
+            resync: Duration::from_secs(10),
+            globalnet: None,
+        },
+        local: Arc::new(k.store()),
+        broker: watch::channel(None).1,
+        cable: Arc::new(FakeCable::new(InterfaceName::new("causeway0").unwrap())),
+        datapath: Arc::new(NoDatapath),
+        state: watch::channel(GatewayState::default()).0,
+        health: watch::channel(None).0,
+        source: None,
+        nat: watch::channel(None).0,
+        export_status: None,
+        export_writer: None,
+    });
+    let ready = gateway_readiness(&gateway, &*standby);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "a healthy standby never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!*standby.active().borrow(), "node-1 is a standby");
+    // The API server stops answering Lease requests: not ready any more.
+    fake.fail(None, "leases", 503, "etcdserver: request timed out");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready() {
+        assert!(
+            Instant::now() < deadline,
+            "a standby that cannot campaign stayed ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// What `causeway route-agent --store kubernetes` does with the API.
 async fn exercise_route_agent(fake: &FakeKube) {
     use causeway_gateway::route_agent::{AgentConfig, Datapath, run};
