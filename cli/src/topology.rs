@@ -39,11 +39,15 @@ pub struct TopologyArgs {
     pub format: TopologyFormat,
     /// Draw this lab (records from each cluster's store, RTT from the
     /// gateways' /metrics).
-    #[arg(long, env = "CAUSEWAY_LAB", conflicts_with = "broker_config")]
+    #[arg(long, env = "CAUSEWAY_LAB", conflicts_with_all = ["broker_config", "store"])]
     pub lab: Option<LabName>,
     /// Draw what the broker holds (the file `causeway join` wrote).
-    #[arg(long, env = "CAUSEWAY_BROKER_CONFIG")]
+    #[arg(long, env = "CAUSEWAY_BROKER_CONFIG", conflicts_with = "store")]
     pub broker_config: Option<PathBuf>,
+    /// Draw what one cluster's own store holds (its etcd endpoints,
+    /// comma-separated): its own records and those its gateway mirrored.
+    #[arg(long, value_delimiter = ',')]
+    pub store: Vec<String>,
     /// Write to this file instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -658,6 +662,25 @@ pub fn from_broker(file: &std::path::Path) -> Result<Topology> {
     ))
 }
 
+/// One cluster's view, from its own etcd store: its records and the ones
+/// its active gateway mirrored from the broker.
+pub fn from_store(endpoints: &[String]) -> Result<Topology> {
+    use causeway_api::store::{EtcdConfig, EtcdStore, Store};
+    let config = EtcdConfig::new(endpoints.to_vec());
+    let rt = tokio::runtime::Runtime::new()?;
+    let records = rt.block_on(async {
+        let store = EtcdStore::connect(&config)
+            .await
+            .with_context(|| format!("connect to the store {}", endpoints.join(",")))?;
+        anyhow::Ok(store.list(None).await?.records)
+    })?;
+    Ok(Topology::from_records(
+        &records,
+        &Candidates::new(),
+        &BTreeMap::new(),
+    ))
+}
+
 /// Draws lab `name` as SVG for `causeway lab demo`: next to the daemons'
 /// logs when the lab stays up, else in the temporary directory (the lab's
 /// run directory goes with it). Returns where.
@@ -677,7 +700,8 @@ pub fn command(args: TopologyArgs) -> Result<()> {
     let topology = match (&args.lab, &args.broker_config) {
         (Some(lab), _) => from_lab(lab)?,
         (None, Some(file)) => from_broker(file)?,
-        (None, None) => bail!("give --lab NAME or --broker-config FILE"),
+        (None, None) if !args.store.is_empty() => from_store(&args.store)?,
+        (None, None) => bail!("give --lab NAME, --broker-config FILE or --store ENDPOINTS"),
     };
     let text = render(&topology, args.format)?;
     match &args.out {

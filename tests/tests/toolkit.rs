@@ -259,6 +259,26 @@ fn the_toolkit_sees_a_healthy_lab_and_names_what_broke() {
         "show topology --format dot",
     );
     assert!(dot.starts_with("graph clusterset {"), "{dot}");
+    // From one cluster's own store (read from a node, where it is reachable).
+    let bin = causeway_tests::causeway_bin();
+    let text = ok(
+        lab.exec(
+            "a/node-1",
+            &[
+                bin.to_str().unwrap(),
+                "show",
+                "topology",
+                "--store",
+                "http://192.168.50.2:2379",
+            ],
+        ),
+        "show topology --store",
+    );
+    assert!(
+        text.contains("export  default/web              242.1.0.10")
+            && text.contains("tunnel a <-> b: a sees connected"),
+        "{text}"
+    );
 
     // gather: one tarball, every node in it, no secret anywhere.
     let dir = std::env::temp_dir().join(format!("cw-kit-{}", lab.name));
