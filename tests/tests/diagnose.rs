@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use causeway_tests::{Lab, causeway_bin, ok};
+use causeway_tests::{Lab, causeway, causeway_bin, ok};
 use serde_json::Value;
 
 /// `causeway diagnose ARGS -o json` inside `target`: (findings, exit success).
@@ -205,6 +205,16 @@ fn diagnose_finds_what_was_broken_and_says_what_to_change() {
     let (findings, _) = diagnose(&lab, &a, &["connections"]);
     let f = find(&findings, "fail", "peer b");
     assert!(fix(f).contains("diagnose firewall"), "{f:#}");
+    // A gateway that restarts meanwhile never completes a handshake:
+    // nothing comes back, and diagnose says to look at the far side.
+    ok(
+        causeway(&["lab", "restart", "--name", &lab.name, &a]),
+        "lab restart",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (findings, _) = diagnose(&lab, &a, &["connections"]);
+    let f = find(&findings, "fail", "peer b: never completed a handshake");
+    assert!(fix(f).starts_with("look at the far side"), "{f:#}");
     sh(&lab, &b, "nft delete table ip diag-drop");
     wait_connected(&lab, &a);
 

@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::firewall::not_here;
-use super::host::Host;
+use super::host::{Host, UdpOutcome};
 use super::metrics::{GatewayView, PeerView};
 use super::{Check, Finding};
 
@@ -34,6 +34,8 @@ pub struct ConnectionsFacts {
     /// gateway's counters run since it became active, so an old outage
     /// would show in them for good.
     pub recent: BTreeMap<String, (u64, u64)>,
+    /// Per peer without a handshake, a datagram to its WireGuard port.
+    pub direct: BTreeMap<String, UdpOutcome>,
 }
 
 /// How long recent probe loss is watched for (the gateway probes once a second).
@@ -69,12 +71,24 @@ pub fn gather(
                     }
                 }
             }
+            let direct = g
+                .peers
+                .iter()
+                .filter(|(_, p)| g.active && p.handshake_age_s.is_none())
+                .filter_map(|(name, p)| {
+                    let ep = p.endpoint?;
+                    let outcome =
+                        host.udp_probe(None, ep, &[0xff, 0, 0, 0], Duration::from_secs(1));
+                    Some((name.clone(), outcome))
+                })
+                .collect();
             ConnectionsFacts {
                 no_gateway: None,
                 active: g.active,
                 now_unix_s,
                 peers: g.peers.clone(),
                 recent,
+                direct,
             }
         }
         Err(e) => ConnectionsFacts {
@@ -83,6 +97,7 @@ pub fn gather(
             now_unix_s,
             peers: BTreeMap::new(),
             recent: BTreeMap::new(),
+            direct: BTreeMap::new(),
         },
     }
 }
@@ -151,18 +166,44 @@ pub fn findings(f: &ConnectionsFacts) -> Vec<Finding> {
             continue;
         }
         match p.handshake_age_s {
-            None if tx == 0 && rx == 0 => out.push(Finding::warn(
-                k,
-                format!("peer {name}: no handshake yet and no packet sent"),
-                "the tunnel starts with the first packet or keepalive; a gateway that just became active has not sent one yet",
-                "wait a few seconds and run diagnose again; if it stays, see the gateway's log",
-            )),
-            None if rx == 0 => out.push(Finding::fail(
-                k,
-                format!("peer {name}: never completed a handshake; {tx} bytes sent to {ep}, nothing received"),
-                format!("no reply comes from the peer's address: its gateway is down or not active there, udp/{port} is dropped on the way, or its Endpoint record names an address this node cannot reach"),
-                format!("look at the far side: peer {name}'s active gateway at {ep} (running? active? `causeway diagnose firewall` here shows whether udp/{port} gets through), and its Endpoint record's public IP (`causeway show endpoints`)"),
-            )),
+            None if tx == 0 && rx == 0 && p.probes_sent.unwrap_or(0) == 0 => {
+                out.push(Finding::warn(
+                    k,
+                    format!("peer {name}: no handshake yet and no packet sent"),
+                    "the tunnel starts with the first packet or keepalive; a gateway that just became active has not sent one yet",
+                    "wait a few seconds and run diagnose again; if it stays, see the gateway's log",
+                ))
+            }
+            None if rx == 0 => {
+                let keys = format!(
+                    "then compare keys: this gateway has {} for {name}, which must match {name}'s Endpoint record (`causeway show endpoints`) and key file, and {name} must hold this cluster's current key",
+                    p.public_key.as_deref().unwrap_or("an unknown key")
+                );
+                let sent = format!(
+                    "{} probes and {tx} bytes sent",
+                    p.probes_sent.unwrap_or(0)
+                );
+                out.push(match f.direct.get(name) {
+                    Some(UdpOutcome::Refused) => Finding::fail(
+                        k,
+                        format!("peer {name}: never completed a handshake ({sent}); udp/{port} at {ep} is refused (ICMP port unreachable)"),
+                        "the peer's node answers but nothing listens on its WireGuard port",
+                        format!("look at the far side: peer {name}'s gateway on {ep} is down or not the active one; its Endpoint record may name a node that lost the lease"),
+                    ),
+                    Some(UdpOutcome::Rejected(why)) => Finding::fail(
+                        k,
+                        format!("peer {name}: never completed a handshake ({sent}); udp/{port} to {ep} is rejected ({why})"),
+                        "a firewall or a missing route between the gateways rejects the tunnel's packets",
+                        format!("look between the sides: allow udp/{port} between the gateways, and check this node's route to {ep}"),
+                    ),
+                    _ => Finding::fail(
+                        k,
+                        format!("peer {name}: never completed a handshake ({sent}), nothing received from {ep}"),
+                        format!("no reply comes from the peer's address: udp/{port} is dropped on the far node or on the way, its gateway is down, or it drops this side's handshakes because the keys do not match (WireGuard answers nothing it cannot authenticate)"),
+                        format!("look at the far side first: peer {name}'s active gateway at {ep} (running? udp/{port} open in its firewall? `causeway diagnose firewall` there and here); {keys}"),
+                    ),
+                });
+            }
             None => out.push(Finding::fail(
                 k,
                 format!("peer {name}: never completed a handshake, though {rx} bytes came back from {ep}"),
@@ -216,6 +257,7 @@ mod tests {
             now_unix_s: NOW,
             peers: BTreeMap::from([("b".to_owned(), p)]),
             recent: BTreeMap::new(),
+            direct: BTreeMap::new(),
         }
     }
 
@@ -278,6 +320,29 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_port_points_at_the_far_gateway() {
+        let mut p = healthy();
+        p.handshake_age_s = None;
+        p.last_handshake_unix_s = None;
+        p.rx_bytes = Some(0);
+        let mut f = facts(p);
+        f.direct.insert("b".into(), UdpOutcome::Refused);
+        let out = findings(&f);
+        assert_eq!(out[0].status, Status::Fail);
+        assert!(
+            out[0].what.contains("is refused (ICMP port unreachable)"),
+            "{out:#?}"
+        );
+        assert!(
+            out[0]
+                .fix
+                .as_deref()
+                .unwrap()
+                .starts_with("look at the far side: peer b's gateway")
+        );
+    }
+
+    #[test]
     fn table() {
         type Case = (&'static str, fn(&mut PeerView), Status, &'static str);
         let cases: Vec<Case> = vec![
@@ -302,7 +367,7 @@ mod tests {
                     p.tx_bytes = Some(1480);
                 },
                 Status::Fail,
-                "look at the far side: peer b's active gateway at 198.51.100.20:4500",
+                "look at the far side first: peer b's active gateway at 198.51.100.20:4500",
             ),
             (
                 "key mismatch",
@@ -341,6 +406,7 @@ mod tests {
                     p.handshake_age_s = None;
                     p.rx_bytes = Some(0);
                     p.tx_bytes = Some(0);
+                    p.probes_sent = Some(0);
                 },
                 Status::Warn,
                 "no handshake yet",
