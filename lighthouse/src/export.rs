@@ -20,7 +20,17 @@
 //! ServiceExport status): [`plan_exports`] computes them; the agent
 //! publishes the latest on a watch channel ([`ExportAgent::status`]), when
 //! given a path in a JSON status file ([`read_status_file`]), and when given
-//! a [`kube_status::StatusWriter`] in each ServiceExport's status.
+//! a [`kube_status::StatusWriter`] in each ServiceExport's status. They use
+//! the MCS API's types and reasons: `Valid` (`Valid`, `NoService`,
+//! `InvalidServiceType` for ExternalName, which is never published),
+//! `Ready`, and `Conflict`, raised on every constituent export whenever
+//! any two disagree ([`crate::import::merge`]: `PortConflict`,
+//! `TypeConflict`, ..., comma-joined; `NoConflicts` when false). The oldest
+//! export's fields stand, so a conflict appearing changes nothing already
+//! served.
+//!
+//! When the cluster source takes ServiceImport writes, the agent also runs
+//! the [`crate::import::ImportController`] for as long as it runs itself.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,8 +42,9 @@ use std::time::Duration;
 
 use causeway_api::mcs::McsCondition;
 use causeway_api::records::{
-    AnyRecord, ClusterId, HeadlessEndpoint, Kind, ObjectName, Protocol, ServiceImport,
-    ServiceImportType, ServicePort,
+    AnyRecord, ClientIpConfig, ClusterId, ExportProperties, HeadlessEndpoint, IpFamily, Kind,
+    ObjectName, Protocol, ServiceImport, ServiceImportType, ServicePort, SessionAffinity,
+    SessionAffinityConfig,
 };
 use causeway_api::source::{ClusterSource, ClusterState};
 use causeway_api::store::{RecordSet, Store, WatchEvent, sync_owned};
@@ -46,6 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use crate::Error;
+use crate::import::merge;
 
 pub mod kube_status;
 
@@ -223,6 +235,8 @@ struct Described {
     cluster_ips: Vec<IpAddr>,
     /// Ready endpoints: pod address -> hostname.
     ready: BTreeMap<IpAddr, Option<String>>,
+    /// What the MCS ServiceImport takes from the Service and the export.
+    properties: ExportProperties,
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -343,9 +357,59 @@ fn describe(
             ServiceImportType::ClusterSetIP
         },
         ports: ports.into_iter().collect(),
+        properties: properties(state, ns, name, &spec, &cluster_ips),
         cluster_ips,
         ready,
     })
+}
+
+/// What the MCS ServiceImport takes from the Service `spec` and from the
+/// ServiceExport `ns/name` (its exported labels and annotations only).
+fn properties(
+    state: &ClusterState,
+    ns: &str,
+    name: &str,
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    cluster_ips: &[IpAddr],
+) -> ExportProperties {
+    let export = state.service_exports.get(&(ns.to_owned(), name.to_owned()));
+    let mut ip_families: Vec<IpFamily> = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .filter_map(|f| match f.as_str() {
+            "IPv4" => Some(IpFamily::IPv4),
+            "IPv6" => Some(IpFamily::IPv6),
+            _ => None,
+        })
+        .collect();
+    if ip_families.is_empty() {
+        // A manifest without the API server's defaults: the ClusterIPs say.
+        ip_families = cluster_ips.iter().map(IpFamily::of).collect();
+    }
+    ip_families.dedup();
+    ExportProperties {
+        session_affinity: match spec.session_affinity.as_deref() {
+            Some("ClientIP") => SessionAffinity::ClientIp,
+            _ => SessionAffinity::None,
+        },
+        session_affinity_config: spec.session_affinity_config.as_ref().map(|c| {
+            SessionAffinityConfig {
+                client_ip: c.client_ip.as_ref().map(|c| ClientIpConfig {
+                    timeout_seconds: c.timeout_seconds.and_then(|t| u32::try_from(t).ok()),
+                }),
+            }
+        }),
+        internal_traffic_policy: spec.internal_traffic_policy.clone(),
+        traffic_distribution: spec.traffic_distribution.clone(),
+        ip_families,
+        exported_labels: export
+            .map(|e| e.spec.exported_labels.clone())
+            .unwrap_or_default(),
+        exported_annotations: export
+            .map(|e| e.spec.exported_annotations.clone())
+            .unwrap_or_default(),
+    }
 }
 
 fn cluster_ips(service: &Service) -> Vec<IpAddr> {
@@ -359,119 +423,40 @@ fn cluster_ips(service: &Service) -> Vec<IpAddr> {
     listed.into_iter().filter_map(|s| s.parse().ok()).collect()
 }
 
-fn same_port(a: &ServicePort, b: &ServicePort) -> bool {
-    a.port == b.port && a.protocol == b.protocol
-}
-
-/// MCS port conflict: one name (the empty name included) for different
-/// port/protocol pairs, or one pair under different names.
-fn ports_clash(a: &ServicePort, b: &ServicePort) -> bool {
-    (a.name == b.name) != same_port(a, b)
-}
-
-fn describe_port(p: &ServicePort) -> String {
-    format!(
-        "{}{}/{:?}",
-        p.name
-            .as_deref()
-            .map(|n| format!("{n}="))
-            .unwrap_or_default(),
-        p.port,
-        p.protocol
-    )
-}
-
-/// The `Conflict` condition of `local`'s export against `others` (exports
-/// of the same service by other clusters).
-fn conflict(
-    local: &ClusterId,
-    local_at: u64,
-    kind: ServiceImportType,
-    ports: &[ServicePort],
-    others: &[&ServiceImport],
-) -> Condition {
-    let mut contenders: Vec<(&ClusterId, u64, ServiceImportType, &[ServicePort])> = others
-        .iter()
-        .filter(|o| o.cluster != *local)
-        .map(|o| (&o.cluster, o.exported_at_ms, o.kind, o.ports.as_slice()))
-        .collect();
-    contenders.push((local, local_at, kind, ports));
-    contenders.sort_by(|a, b| precedence((a.0, a.1), (b.0, b.1)));
-    let (winner, _, winning_kind, _) = contenders[0];
-    let mut reasons = Vec::new();
-    let mut messages = Vec::new();
-    if kind != winning_kind {
-        reasons.push("TypeConflict");
-        messages.push(format!(
-            "type {kind:?} conflicts with {winning_kind:?} of cluster {winner}'s export, which takes precedence"
-        ));
-    }
-    // The import's ports, merged in precedence order up to this export; a
-    // port that clashes with one merged before it is left out.
-    let mut merged: Vec<(&ClusterId, &ServicePort)> = Vec::new();
-    for (cluster, _, _, cluster_ports) in &contenders {
-        if *cluster == local {
-            let clashes: Vec<String> = ports
+/// The `Conflict` condition of `candidate` (this cluster's export, as it
+/// would be published) against `others` (other clusters' exports of the
+/// same service): raised on every constituent export whenever any two
+/// disagree, with every reason; the oldest export's fields stand.
+fn conflict(candidate: &ServiceImport, others: &[&ServiceImport]) -> Condition {
+    let merged = merge(
+        std::iter::once(candidate).chain(
+            others
                 .iter()
-                .filter_map(|p| {
-                    merged
-                        .iter()
-                        .find(|(_, m)| ports_clash(p, m))
-                        .map(|(c, m)| {
-                            format!(
-                                "port {} clashes with {} of cluster {c}",
-                                describe_port(p),
-                                describe_port(m)
-                            )
-                        })
-                })
-                .collect();
-            if !clashes.is_empty() {
-                reasons.push("PortConflict");
-                messages.push(format!(
-                    "{}; those clusters' exports take precedence",
-                    clashes.join(", ")
-                ));
-            }
-            break;
-        }
-        for p in *cluster_ports {
-            if !merged.iter().any(|(_, m)| ports_clash(p, m) || **m == *p) {
-                merged.push((cluster, p));
-            }
-        }
-    }
-    if reasons.is_empty() {
-        Condition::new(
-            ConditionStatus::False,
-            "NoConflicts",
-            if winner == local {
-                "this export takes precedence".to_owned()
-            } else {
-                format!("agrees with cluster {winner}'s export, which takes precedence")
-            },
-        )
-    } else {
-        Condition::new(
-            ConditionStatus::True,
-            &reasons.join(","),
-            messages.join("; "),
-        )
+                .copied()
+                .filter(|o| o.cluster != candidate.cluster),
+        ),
+    );
+    let Some(merged) = merged else {
+        return Condition::new(ConditionStatus::Unknown, "NotExported", "not merged");
+    };
+    let message = merged.conflict_message(&candidate.cluster);
+    match merged.conflict_reason() {
+        None => Condition::new(ConditionStatus::False, "NoConflicts", message),
+        Some(reasons) => Condition::new(ConditionStatus::True, &reasons, message),
     }
 }
 
-/// The record for a described export, or the `Ready=False` reason and
-/// message while it cannot be published yet.
-fn publish(
+/// This cluster's record of a described export, without addresses yet.
+fn candidate(
     local: &ClusterId,
     key: &ExportKey,
     d: &Described,
-    globalnet: Option<&GlobalIps>,
-) -> Result<(ServiceImport, String), (&'static str, String)> {
+    exported_at_ms: u64,
+) -> Result<ServiceImport, (&'static str, String)> {
     let namespace =
         ObjectName::new(key.namespace.as_str()).map_err(|e| ("Failed", e.to_string()))?;
     let name = ObjectName::new(key.name.as_str()).map_err(|e| ("Failed", e.to_string()))?;
-    let mut record = ServiceImport {
+    Ok(ServiceImport {
         cluster: local.clone(),
         namespace,
         name,
@@ -480,9 +465,19 @@ fn publish(
         addresses: Vec::new(),
         cluster_ips: Vec::new(),
         endpoints: Vec::new(),
-        exported_at_ms: 0,
-        properties: Default::default(),
-    };
+        exported_at_ms,
+        properties: Box::new(d.properties.clone()),
+    })
+}
+
+/// The record for a described export, or the `Ready=False` reason and
+/// message while it cannot be published yet.
+fn publish(
+    mut record: ServiceImport,
+    key: &ExportKey,
+    d: &Described,
+    globalnet: Option<&GlobalIps>,
+) -> Result<(ServiceImport, String), (&'static str, String)> {
     let note = match d.kind {
         ServiceImportType::ClusterSetIP => {
             if d.cluster_ips.is_empty() {
@@ -591,10 +586,15 @@ pub fn plan_exports<'a>(
                     .map(Vec::as_slice)
                     .unwrap_or_default();
                 let at = exported_at(state, ns, name);
-                let conflict = conflict(local, at, d.kind, &d.ports, others);
-                let ready = match publish(local, &key, &d, globalnet) {
-                    Ok((mut record, note)) => {
-                        record.exported_at_ms = at;
+                let (conflict, published) = match candidate(local, &key, &d, at) {
+                    Ok(c) => (conflict(&c, others), publish(c, &key, &d, globalnet)),
+                    Err(e) => (
+                        Condition::new(ConditionStatus::Unknown, "NotExported", e.1.clone()),
+                        Err(e),
+                    ),
+                };
+                let ready = match published {
+                    Ok((record, note)) => {
                         plan.imports.insert(key.clone(), record);
                         Condition::new(
                             ConditionStatus::True,
@@ -635,6 +635,9 @@ pub struct ExportAgentOptions {
     pub status_file: Option<PathBuf>,
     /// Write the conditions to each ServiceExport's status (Kubernetes).
     pub status_writer: Option<Arc<dyn StatusWriter>>,
+    /// Run the import controller beside the agent when the cluster source
+    /// takes ServiceImport writes ([`ClusterSource::import_writer`]).
+    pub imports: bool,
 }
 
 impl Default for ExportAgentOptions {
@@ -645,6 +648,7 @@ impl Default for ExportAgentOptions {
             retry_interval: Duration::from_secs(1),
             status_file: None,
             status_writer: None,
+            imports: true,
         }
     }
 }
@@ -658,6 +662,8 @@ pub struct ExportAgent {
     status: watch::Sender<Arc<ExportStatuses>>,
     /// ServiceExport statuses written but perhaps not yet seen by the source.
     written: BTreeMap<ExportKey, causeway_api::mcs::ServiceExportStatus>,
+    /// Where the import controller writes the cluster's ServiceImports.
+    import_writer: Option<Arc<dyn causeway_api::mcs::ImportWriter>>,
 }
 
 impl ExportAgent {
@@ -668,6 +674,7 @@ impl ExportAgent {
         local: ClusterId,
         options: ExportAgentOptions,
     ) -> Self {
+        let import_writer = source.import_writer().filter(|_| options.imports);
         Self {
             state: source.state(),
             store,
@@ -675,6 +682,7 @@ impl ExportAgent {
             options,
             status: watch::channel(Arc::new(ExportStatuses::new())).0,
             written: BTreeMap::new(),
+            import_writer,
         }
     }
 
@@ -684,9 +692,19 @@ impl ExportAgent {
     }
 
     /// Runs until `cancel` fires. Records stay in the store when it stops:
-    /// the next active gateway adopts them, and DNS answers go on.
+    /// the next active gateway adopts them, and DNS answers go on. The
+    /// import controller, when the source takes writes, runs as long.
     #[instrument(name = "export_agent", skip_all, fields(cluster = %self.local))]
     pub async fn run(mut self, cancel: CancellationToken) {
+        let controller = self.import_writer.take().map(|writer| {
+            let controller = crate::import::ImportController::new(
+                self.state.clone(),
+                self.store.clone(),
+                writer,
+                crate::import::ImportControllerOptions::default(),
+            );
+            tokio::spawn(controller.run(cancel.clone()))
+        });
         let mut imports = RecordSet::default();
         let mut watch = self.store.watch(Some(Kind::ServiceImport), None);
         let mut globalnet_open = self.options.globalnet.is_some();
@@ -722,6 +740,9 @@ impl ExportAgent {
                 _ = tokio::time::sleep_until(next) => {}
             }
             next = Instant::now() + self.reconcile(&imports).await;
+        }
+        if let Some(controller) = controller {
+            let _ = controller.await;
         }
         info!("export agent stopped");
     }

@@ -7,6 +7,12 @@
 //! conditions with the pure [`export::plan_exports`], and converges the
 //! cluster's own store; the gateway mirrors them to the broker.
 //!
+//! Import side: [`import::ImportController`] (started by the export agent
+//! when the cluster source takes writes) merges every cluster's records of
+//! a service with the pure [`import::merge`] into the MCS ServiceImport, and
+//! writes it into every namespace-holding cluster's API (or manifest
+//! directory) through an `ImportWriter`.
+//!
 //! DNS side, one way: [`feed`] watches the local store's ServiceImport and
 //! connection-status records and edits a [`dns::Index`], published through
 //! a [`dns::IndexHandle`]; the [`dns::server`] decodes each packet, asks the
@@ -19,6 +25,7 @@ pub mod daemon;
 pub mod dns;
 pub mod export;
 pub mod feed;
+pub mod import;
 
 pub use daemon::{DnsDaemon, serve_dns};
 

@@ -386,6 +386,19 @@ type ConflictCase = (
     &'static str,
 );
 
+/// The Conflict condition of `local`'s export (created at `at`) against `others`.
+fn conflict_of(
+    local: &str,
+    at: u64,
+    kind: ServiceImportType,
+    ports: &[ServicePort],
+    others: &[&ServiceImport],
+) -> Condition {
+    let mut candidate = import(local, kind, ports.to_vec());
+    candidate.exported_at_ms = at;
+    conflict(&candidate, others)
+}
+
 #[test]
 fn conflict_table() {
     use ServiceImportType::{ClusterSetIP, Headless};
@@ -416,12 +429,12 @@ fn conflict_table() {
             "TypeConflict",
         ),
         (
-            "type differs, this one takes precedence",
+            "type differs, this one takes precedence: raised here too",
             "a",
             Headless,
             vec![http(80)],
             vec![import("b", ClusterSetIP, vec![http(80)])],
-            "NoConflicts",
+            "TypeConflict",
         ),
         (
             "same name, other number",
@@ -472,12 +485,12 @@ fn conflict_table() {
             "TypeConflict,PortConflict",
         ),
         (
-            "a later cluster's ports do not count",
+            "a later cluster's clashing port is raised on the oldest export too",
             "b",
             ClusterSetIP,
             vec![http(80)],
             vec![import("c", ClusterSetIP, vec![http(8080)])],
-            "NoConflicts",
+            "PortConflict",
         ),
         (
             "our own record in the store is not a contender",
@@ -490,7 +503,7 @@ fn conflict_table() {
     ];
     for (name, local, kind, ports, others, reason) in cases {
         let others: Vec<&ServiceImport> = others.iter().collect();
-        let c = conflict(&id(local), 0, kind, &ports, &others);
+        let c = conflict_of(local, 0, kind, &ports, &others);
         assert_eq!(c.reason, reason, "{name}: {c:?}");
         let want = if reason == "NoConflicts" {
             ConditionStatus::False
@@ -507,20 +520,33 @@ fn conflict_table() {
 #[test]
 fn the_oldest_export_wins_whatever_the_cluster_ids() {
     use ServiceImportType::{ClusterSetIP, Headless};
-    // z exported first (older), a later: a carries the conflict.
+    // z exported first (older), a later: both carry the conflict, z's fields stand.
     let mut older = import("z", Headless, vec![http(80)]);
     older.exported_at_ms = 1_000;
-    let c = conflict(&id("a"), 2_000, ClusterSetIP, &[http(80)], &[&older]);
+    let c = conflict_of("a", 2_000, ClusterSetIP, &[http(80)], &[&older]);
     assert_eq!(c.reason, "TypeConflict", "{c:?}");
-    assert!(c.message.contains("cluster z"), "{}", c.message);
-    // a exported first: z's export does not disturb it.
-    let c = conflict(&id("a"), 500, ClusterSetIP, &[http(80)], &[&older]);
-    assert_eq!(c.reason, "NoConflicts", "{c:?}");
+    assert!(
+        c.message.contains("cluster z's export is the oldest"),
+        "{}",
+        c.message
+    );
+    // a exported first: its fields stand.
+    let c = conflict_of("a", 500, ClusterSetIP, &[http(80)], &[&older]);
+    assert_eq!(c.reason, "TypeConflict", "{c:?}");
+    assert!(
+        c.message.contains("this export is the oldest"),
+        "{}",
+        c.message
+    );
     // An export of unknown age ranks after every dated one.
     let mut undated = import("a", Headless, vec![http(80)]);
     undated.exported_at_ms = 0;
-    let c = conflict(&id("z"), 3_000, ClusterSetIP, &[http(80)], &[&undated]);
-    assert_eq!(c.reason, "NoConflicts", "{c:?}");
+    let c = conflict_of("z", 3_000, ClusterSetIP, &[http(80)], &[&undated]);
+    assert!(
+        c.message.contains("this export is the oldest"),
+        "{}",
+        c.message
+    );
 }
 
 #[test]
@@ -754,4 +780,157 @@ fn the_status_table_explains_each_export() {
             && lines[2].contains("no ready endpoint"),
         "{table}"
     );
+}
+
+const HELLO_EXPORT: &str = "
+apiVersion: multicluster.x-k8s.io/v1beta1
+kind: ServiceExport
+metadata: {name: web, namespace: default, labels: {own: export-label}}
+spec:
+  exportedLabels: {dummy-label: 'true'}
+  exportedAnnotations: {dummy-annotation: 'true'}
+";
+
+const HELLO: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default, labels: {service-label: 'true'}, annotations: {service-annotation: 'true'}}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ipFamilies: [IPv4]
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 10}}
+  internalTrafficPolicy: Local
+  trafficDistribution: PreferClose
+  ports:
+    - {name: tcp, port: 42, protocol: TCP}
+    - {name: udp, port: 42, protocol: UDP}
+";
+
+#[test]
+fn the_record_carries_what_the_import_needs_and_only_exported_labels() {
+    let plan = plan_exports(
+        &id("a"),
+        &state(&join(&[HELLO_EXPORT, HELLO, WEB_READY])),
+        [],
+        None,
+    );
+    let record = &plan.imports[&key()];
+    let p = &record.properties;
+    assert_eq!(p.session_affinity, SessionAffinity::ClientIp);
+    assert_eq!(
+        p.session_affinity_config,
+        Some(SessionAffinityConfig {
+            client_ip: Some(ClientIpConfig {
+                timeout_seconds: Some(10)
+            })
+        })
+    );
+    assert_eq!(p.internal_traffic_policy.as_deref(), Some("Local"));
+    assert_eq!(p.traffic_distribution.as_deref(), Some("PreferClose"));
+    assert_eq!(p.ip_families, [IpFamily::IPv4]);
+    assert_eq!(
+        p.exported_labels,
+        [("dummy-label".to_owned(), "true".to_owned())].into()
+    );
+    assert_eq!(
+        p.exported_annotations,
+        [("dummy-annotation".to_owned(), "true".to_owned())].into()
+    );
+    assert_eq!(
+        record.ports,
+        [
+            port(Some("tcp"), 42, Protocol::Tcp),
+            port(Some("udp"), 42, Protocol::Udp)
+        ]
+    );
+    // Without ipFamilies (a bare manifest), the ClusterIPs give the family.
+    let plan = plan_exports(
+        &id("a"),
+        &state(&join(&[EXPORT_WEB, WEB, WEB_READY])),
+        [],
+        None,
+    );
+    assert_eq!(
+        plan.imports[&key()].properties.ip_families,
+        [IpFamily::IPv4]
+    );
+}
+
+#[test]
+fn valid_reasons_follow_the_api_and_an_early_export_starts_with_its_service() {
+    let a = id("a");
+    // Exported before the Service exists: NoService, nothing published.
+    let early = plan_exports(&a, &state(EXPORT_WEB), [], None);
+    assert_eq!(early.status[&key()].valid.reason, "NoService");
+    assert_eq!(early.status[&key()].valid.status, ConditionStatus::False);
+    assert!(early.imports.is_empty());
+    // ExternalName: InvalidServiceType, and never an import.
+    let external = plan_exports(&a, &state(&join(&[EXPORT_WEB, WEB_EXTERNAL])), [], None);
+    assert_eq!(external.status[&key()].valid.reason, "InvalidServiceType");
+    assert!(external.imports.is_empty());
+    // The Service appears: the same export is valid and published.
+    let later = plan_exports(&a, &state(&join(&[EXPORT_WEB, WEB, WEB_READY])), [], None);
+    let s = &later.status[&key()];
+    assert_eq!(
+        (
+            s.valid.reason.as_str(),
+            s.ready.reason.as_str(),
+            s.conflict.reason.as_str()
+        ),
+        ("Valid", "Exported", "NoConflicts")
+    );
+    assert!(later.imports.contains_key(&key()));
+    let types: Vec<String> = s.to_mcs().into_iter().map(|c| c.type_).collect();
+    assert_eq!(types, ["Valid", "Ready", "Conflict"]);
+}
+
+#[test]
+fn every_conflict_kind_reaches_the_condition_of_both_exports() {
+    let older = {
+        let mut r = plan_exports(
+            &id("a"),
+            &state(&join(&[EXPORT_WEB, WEB, WEB_READY])),
+            [],
+            None,
+        )
+        .imports[&key()]
+            .clone();
+        r.exported_at_ms = 1_000;
+        r
+    };
+    // b's export (newer, see HELLO) differs in ports, affinity, policies,
+    // labels and annotations.
+    let mut b_state = state(&join(&[HELLO_EXPORT, HELLO, WEB_READY]));
+    b_state
+        .service_exports
+        .get_mut(&("default".into(), "web".into()))
+        .unwrap()
+        .metadata
+        .creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_millisecond(2_000).unwrap(),
+    ));
+    let plan = plan_exports(&id("b"), &b_state, [&older], None);
+    let c = &plan.status[&key()].conflict;
+    assert_eq!(c.status, ConditionStatus::True);
+    assert_eq!(
+        c.reason,
+        "SessionAffinityConflict,LabelsConflict,AnnotationsConflict,InternalTrafficPolicyConflict,TrafficDistributionConflict",
+        "{c:?}"
+    );
+    assert!(
+        c.message.contains("cluster a's export is the oldest"),
+        "{}",
+        c.message
+    );
+    // a sees the same conflict from b's record.
+    let newer = plan.imports[&key()].clone();
+    let plan_a = plan_exports(
+        &id("a"),
+        &state(&join(&[EXPORT_WEB, WEB, WEB_READY])),
+        [&newer],
+        None,
+    );
+    assert_eq!(plan_a.status[&key()].conflict.reason, c.reason);
 }
