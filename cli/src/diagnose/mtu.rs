@@ -33,6 +33,8 @@ pub struct PeerMtu {
     pub largest: Option<u32>,
     /// Every probe: size and whether it came back.
     pub probes: Vec<(u32, bool)>,
+    /// Why the probe could not run (no `ping`, no permission), if so.
+    pub probe_error: Option<String>,
 }
 
 /// What the MTU check found.
@@ -104,11 +106,16 @@ pub fn gather(host: &dyn Host, gateway: &Result<GatewayView, String>) -> MtuFact
                 .and_then(|ep| host.route_dev(ep.ip()))
                 .and_then(|dev| mtu_of(&dev).map(|m| (dev, m)));
             let target = p.health.map(|h| h.ip());
+            let mut probe_error = None;
             let (largest, probes) = match (src, target, &tunnel) {
                 (Some(src), Some(dst), Some((_, top))) => largest_passing(*top, |size| match host
                     .ping(src, dst, size, PROBE_TIMEOUT)
                 {
                     PingOutcome::Reply { .. } => Some(true),
+                    PingOutcome::Error(e) => {
+                        probe_error.get_or_insert(e);
+                        Some(false)
+                    }
                     _ => Some(false),
                 }),
                 _ => (None, vec![]),
@@ -120,6 +127,7 @@ pub fn gather(host: &dyn Host, gateway: &Result<GatewayView, String>) -> MtuFact
                 target,
                 largest,
                 probes,
+                probe_error,
             });
         }
     }
@@ -188,6 +196,16 @@ pub fn findings(f: &MtuFacts) -> Vec<Finding> {
                 format!("path-MTU probe to peer {} ({target}) through the tunnel: the largest packet that passes is {l} bytes, below the tunnel MTU {mtu}", p.peer),
                 format!("packets of {} to {mtu} bytes are accepted by {tun} and then lost on the way (a black hole: the 'fragmentation needed' error does not come back through the tunnel); MSS clamping saves TCP but not UDP", l + 1),
                 format!("set --tunnel-mtu {l} on the gateways of both clusters, or raise the MTU of the path between them"),
+            ),
+            None if p.probe_error.is_some() => Finding::warn(
+                k,
+                format!(
+                    "path-MTU probe to peer {}: could not run ({})",
+                    p.peer,
+                    p.probe_error.as_deref().unwrap_or_default()
+                ),
+                "the probe sends DF pings through the tunnel with `ping`",
+                "install ping on the node or in the gateway image (Debian: iputils-ping) and run diagnose as root",
             ),
             None if p.target.is_none() => Finding::warn(
                 k,
@@ -271,6 +289,60 @@ mod tests {
             },
         );
         g
+    }
+
+    #[test]
+    fn a_missing_ping_is_said_so() {
+        struct NoPing(FakeHost);
+        impl Host for NoPing {
+            fn sysctl(&self, key: &str) -> Option<String> {
+                self.0.sysctl(key)
+            }
+            fn exists(&self, path: &str) -> bool {
+                self.0.exists(path)
+            }
+            fn nft_version(&self) -> Result<String, String> {
+                self.0.nft_version()
+            }
+            fn nft_ruleset(&self) -> Result<serde_json::Value, String> {
+                self.0.nft_ruleset()
+            }
+            fn links(&self) -> Result<Vec<Link>, String> {
+                self.0.links()
+            }
+            fn routes(&self) -> Result<Vec<super::super::host::Route>, String> {
+                self.0.routes()
+            }
+            fn route_dev(&self, dst: IpAddr) -> Option<String> {
+                self.0.route_dev(dst)
+            }
+            fn conntrack_entries(
+                &self,
+            ) -> Result<Vec<causeway_globalnet::conntrack::Entry>, String> {
+                self.0.conntrack_entries()
+            }
+            fn gateway(&self) -> Result<GatewayView, String> {
+                self.0.gateway()
+            }
+            fn udp_probe(
+                &self,
+                from: Option<IpAddr>,
+                to: std::net::SocketAddr,
+                payload: &[u8],
+                timeout: Duration,
+            ) -> super::super::host::UdpOutcome {
+                self.0.udp_probe(from, to, payload, timeout)
+            }
+            fn ping(&self, _: IpAddr, _: IpAddr, _: u32, _: Duration) -> PingOutcome {
+                PingOutcome::Error("cannot run ping: No such file or directory".into())
+            }
+            fn now(&self) -> std::time::SystemTime {
+                self.0.now()
+            }
+        }
+        let out = findings(&gather(&NoPing(host(1500, 1440)), &Ok(view())));
+        assert_eq!(out[1].status, Status::Warn, "{out:#?}");
+        assert!(out[1].fix.as_deref().unwrap().contains("iputils-ping"));
     }
 
     #[test]
