@@ -274,12 +274,30 @@ pub struct GatewayArgs {
 }
 
 /// The gateway's store, elector, cluster source and export status writer.
-type Backends = (
+pub type Backends = (
     Arc<dyn Store>,
     Arc<dyn Elector>,
     Option<Arc<dyn ClusterSource>>,
     Option<Arc<dyn StatusWriter>>,
 );
+
+impl KubeCluster {
+    /// What `causeway gateway --store kubernetes` runs on: the records in
+    /// the namespace, the Lease, the cluster source and ServiceExport status.
+    pub fn gateway_backends(
+        &self,
+        node: &str,
+        ttl: Duration,
+        cancel: CancellationToken,
+    ) -> Backends {
+        (
+            Arc::new(self.store()),
+            Arc::new(self.elector(node, ttl)),
+            Some(Arc::new(self.source(cancel))),
+            Some(Arc::new(self.status_writer())),
+        )
+    }
+}
 
 /// `causeway gateway`: campaigns and serves until SIGTERM or SIGINT.
 pub async fn gateway(args: GatewayArgs) -> Result<()> {
@@ -381,12 +399,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let ttl = Duration::from_secs(args.lease_ttl);
     let (local, elector, kube_source, export_writer): Backends = match (&store_choice, &kube) {
-        (_, Some(k)) => (
-            Arc::new(k.store()),
-            Arc::new(k.elector(&args.node, ttl)),
-            Some(Arc::new(k.source(shutdown.clone()))),
-            Some(Arc::new(k.status_writer())),
-        ),
+        (_, Some(k)) => k.gateway_backends(&args.node, ttl, shutdown.clone()),
         (StoreChoice::Etcd(endpoints), None) => {
             let local = connect_store(&EtcdConfig::new(endpoints.clone())).await?;
             let election = ElectionConfig {

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use causeway_api::election::Elector;
 use causeway_api::records::{AnyRecord, CableBackend, Cluster, Endpoint, WireGuardKey};
-use causeway_api::source::ClusterSource;
 use causeway_api::store::{FakeStore, Store};
 use causeway_api::testing::FakeKube;
 use causeway_cli::broker::{BrokerFile, JoinFlags};
@@ -163,8 +162,8 @@ async fn exercise_gateway(fake: &FakeKube) {
     assert_eq!(cidrs.pod_cidrs, vec![net("10.244.0.0/16")]);
     assert_eq!(cidrs.service_cidrs, vec![net("10.96.0.0/12")]);
     let shutdown = CancellationToken::new();
-    let source: Arc<dyn ClusterSource> = Arc::new(k.source(shutdown.clone()));
-    let elector: Arc<dyn Elector> = Arc::new(k.elector("node-0", Duration::from_secs(2)));
+    let (local, elector, source, export_writer) =
+        k.gateway_backends("node-0", Duration::from_secs(2), shutdown.clone());
     let broker = Arc::new(FakeStore::new());
     broker
         .put(&AnyRecord::Cluster(remote_cluster()))
@@ -197,16 +196,16 @@ async fn exercise_gateway(fake: &FakeKube) {
     };
     let gateway = Arc::new(Gateway {
         config,
-        local: Arc::new(k.store()),
+        local,
         broker: broker_rx,
         cable: Arc::new(FakeCable::new(interface)),
         datapath: Arc::new(NoDatapath),
         state: watch::channel(GatewayState::default()).0,
         health: watch::channel(None).0,
-        source: Some(source),
+        source,
         nat: watch::channel(None).0,
         export_status: None,
-        export_writer: Some(Arc::new(k.status_writer())),
+        export_writer,
     });
     let ready = gateway_readiness(&gateway, &*elector);
     let run = tokio::spawn(gateway.clone().run(elector, shutdown.clone()));
