@@ -29,12 +29,7 @@ fn within<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 }
 
 /// The ServiceImport file of `cluster`, once it satisfies `want`.
-fn import_where(
-    lab: &Lab,
-    cluster: &str,
-    file: &str,
-    want: impl Fn(&Value) -> bool,
-) -> Value {
+fn import_where(lab: &Lab, cluster: &str, file: &str, want: impl Fn(&Value) -> bool) -> Value {
     let path = import_path(lab, cluster, file);
     within(20, &format!("{} as wanted", path.display()), || {
         let text = std::fs::read_to_string(&path).ok()?;
@@ -59,9 +54,7 @@ fn an_export_is_imported_in_every_cluster_and_unexporting_removes_it() {
     let lab = Lab::up("mcsi", &[]);
     lab.export("b", "default/web");
     for cluster in ["a", "b"] {
-        let import = import_where(&lab, cluster, "default.web.yaml", |v| {
-            clusters(v) == ["b"]
-        });
+        let import = import_where(&lab, cluster, "default.web.yaml", |v| clusters(v) == ["b"]);
         assert_eq!(import["apiVersion"], "multicluster.x-k8s.io/v1beta1");
         assert_eq!(import["kind"], "ServiceImport");
         assert_eq!(import["metadata"]["namespace"], "default");
@@ -131,7 +124,10 @@ fn a_cluster_gets_the_import_when_the_namespace_appears() {
     // Only the export's labels and annotations reach the import.
     assert_eq!(import["metadata"]["labels"]["dummy-label"], "true");
     assert!(import["metadata"]["labels"]["service-label"].is_null());
-    assert_eq!(import["metadata"]["annotations"]["dummy-annotation"], "true");
+    assert_eq!(
+        import["metadata"]["annotations"]["dummy-annotation"],
+        "true"
+    );
 
     // a has no prod namespace: no import, until it has.
     std::thread::sleep(Duration::from_secs(2));
