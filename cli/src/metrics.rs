@@ -78,3 +78,53 @@ pub async fn serve_with(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_readiness_and_healthz_is_always_ok() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let ready = Arc::new(AtomicBool::new(false));
+        let r = ready.clone();
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve_with(
+            addr,
+            Arc::new(|| "m 1\n".to_owned()),
+            Arc::new(move || r.load(Ordering::SeqCst)),
+            cancel.clone(),
+        ));
+        // Bounded wait for the listener.
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        ready.store(true, Ordering::SeqCst);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/metrics").await.ends_with("m 1\n"));
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+    }
+}
