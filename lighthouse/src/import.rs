@@ -499,6 +499,8 @@ pub struct ImportController {
     /// What was last written (`None`: deleted), and when: the source may not
     /// show it yet.
     written: BTreeMap<ObjectKey, (Option<mcs::ServiceImport>, Instant)>,
+    /// Passes in a row with a failed write (the retry backs off).
+    failures: u32,
 }
 
 impl ImportController {
@@ -516,6 +518,7 @@ impl ImportController {
             writer,
             options,
             written: BTreeMap::new(),
+            failures: 0,
         }
     }
 
@@ -618,7 +621,11 @@ impl ImportController {
             );
         }
         if !ok {
-            self.options.retry_interval
+            // Doubling up to the resync: an API without the ServiceImport
+            // CRD is not asked (and logged) every second.
+            self.failures = self.failures.saturating_add(1);
+            let factor = 1u32 << self.failures.min(6).saturating_sub(1);
+            (self.options.retry_interval * factor).min(self.options.resync_interval)
         } else if self.written.is_empty() {
             self.options.resync_interval
         } else {

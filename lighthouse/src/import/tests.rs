@@ -473,3 +473,73 @@ async fn the_controller_follows_records_and_namespaces() {
             .contains(&ImportWrite::Delete("default".into(), "hello".into()))
     );
 }
+
+/// Counts the calls that reach a real writer.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn ImportWriter>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl ImportWriter for Counting {
+    async fn apply(&self, import: &mcs::ServiceImport) -> Result<(), mcs::ImportWriteError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.apply(import).await
+    }
+
+    async fn delete(&self, namespace: &str, name: &str) -> Result<(), mcs::ImportWriteError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.delete(namespace, name).await
+    }
+}
+
+#[tokio::test]
+async fn on_a_manifest_directory_the_controller_settles_and_writes_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let source = causeway_api::source::ManifestDirSource::spawn(
+        dir.path().into(),
+        Duration::from_millis(20),
+        cancel.clone(),
+    );
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = Counting {
+        inner: source.import_writer().unwrap(),
+        calls: calls.clone(),
+    };
+    let store = Arc::new(FakeStore::new());
+    store.put(&AnyRecord::from(export("b", 1))).await.unwrap();
+    let options = ImportControllerOptions {
+        resync_interval: Duration::from_millis(50),
+        retry_interval: Duration::from_millis(20),
+        settle: Duration::from_millis(100),
+    };
+    tokio::spawn(
+        ImportController::new(source.state(), store.clone(), Arc::new(writer), options)
+            .run(cancel.clone()),
+    );
+    let file = dir.path().join("causeway-imports/default.hello.yaml");
+    eventually("file written", || file.exists()).await;
+    let mut state = source.state();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        state.wait_for(|s| !s.service_imports.is_empty()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // The source shows what was written: many resyncs later, no more calls.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = calls.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), settled);
+    assert_eq!(settled, 1, "one write");
+
+    store
+        .delete(&AnyRecord::from(export("b", 1)).key())
+        .await
+        .unwrap();
+    eventually("file removed", || !file.exists()).await;
+}
