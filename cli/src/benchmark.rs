@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::lab::plan::{LabName, PodPlan};
+use crate::netns;
 use crate::verify::Format;
 use crate::verify::labkit::{self, HeadlessEndpointSpec, LabView, TempHeadlessExport};
 
@@ -82,6 +83,10 @@ pub struct BenchmarkArgs {
     /// For latency: one persistent connection, or a fresh one per request.
     #[arg(long, value_enum, default_value = "persistent")]
     pub connections: Connections,
+    /// For throughput: also run iperf3 over the same path (the same pods
+    /// and global IP) for the same time, and print both.
+    #[arg(long)]
+    pub compare_iperf3: bool,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Format,
 }
@@ -139,6 +144,8 @@ pub struct Run {
     pub requests: Option<u64>,
     pub connections: Option<Connections>,
     pub latency_ms: Option<Percentiles>,
+    /// With `--compare-iperf3`: iperf3's receiver rate on the same path.
+    pub iperf3_gbit_per_s: Option<f64>,
 }
 
 /// What `causeway benchmark` prints.
@@ -301,11 +308,20 @@ fn measure(
         requests: None,
         connections: None,
         latency_ms: None,
+        iperf3_gbit_per_s: None,
     };
     match mode {
         Mode::Throughput => {
             run.bytes = Some(sent.bytes);
             run.gbit_per_s = Some(gbits(sent.bytes, sent.elapsed));
+            if args.compare_iperf3 {
+                run.iperf3_gbit_per_s = Some(iperf3(
+                    &sender.netns,
+                    &receiver.netns,
+                    target.ip(),
+                    args.seconds,
+                )?);
+            }
         }
         Mode::Latency => {
             let mut samples = sent.samples;
@@ -315,6 +331,55 @@ fn measure(
         }
     }
     Ok(run)
+}
+
+/// The port iperf3's server listens on in the receiving pod.
+const IPERF3_PORT: u16 = 5201;
+
+/// iperf3's receiver rate from `sender` to `receiver` (reached on `ip`),
+/// in Gbit/s: `iperf3 -s -1` in the receiving pod, `iperf3 -c IP -t N -J`
+/// in the sending pod.
+fn iperf3(sender: &str, receiver: &str, ip: IpAddr, seconds: u64) -> Result<f64> {
+    use std::process::{Command, Stdio};
+    let port = IPERF3_PORT.to_string();
+    let server = netns::within(receiver, move || {
+        Command::new("iperf3")
+            .args(["-s", "-1", "-p", &port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start iperf3 (Debian package iperf3)")
+    })?;
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Reap(server);
+    let (ip, secs) = (ip.to_string(), seconds.to_string());
+    let mut last = String::new();
+    // The server needs a moment to listen: a bounded number of tries.
+    for _ in 0..20 {
+        let (ip, secs) = (ip.clone(), secs.clone());
+        let out = netns::within(sender, move || {
+            Command::new("iperf3")
+                .args(["-c", &ip, "-p", &IPERF3_PORT.to_string(), "-t", &secs, "-J"])
+                .output()
+                .context("run iperf3")
+        })?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = report["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return Ok(bps / 1e9);
+        }
+        last = report["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("iperf3 to {ip}:{IPERF3_PORT} gave no result: {last}")
 }
 
 /// What the sender brings back.
@@ -494,6 +559,13 @@ pub fn render(report: &Report) -> String {
                     run.bytes.unwrap_or_default(),
                     run.seconds
                 );
+                if let (Some(ours), Some(theirs)) = (run.gbit_per_s, run.iperf3_gbit_per_s) {
+                    let _ = writeln!(
+                        out,
+                        "           iperf3 on the same path: {theirs:.3} Gbit/s (causeway {:+.1}% of iperf3)",
+                        (ours / theirs - 1.0) * 100.0
+                    );
+                }
             }
             Mode::Latency => {
                 let conn = match run.connections {

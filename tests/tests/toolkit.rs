@@ -186,6 +186,30 @@ fn the_toolkit_sees_a_healthy_lab_and_names_what_broke() {
     }
     assert_eq!(runs[0]["node"], "gateway");
     assert_eq!(runs[1]["from"], "a/client-0");
+    // The same path measured by iperf3 too, in one command.
+    let out = ok(
+        causeway(&[
+            "benchmark",
+            "throughput",
+            "--lab",
+            &lab.name,
+            "--from",
+            "a",
+            "--to",
+            "b",
+            "--seconds",
+            "1",
+            "--node",
+            "worker",
+            "--compare-iperf3",
+            "-o",
+            "json",
+        ]),
+        "benchmark throughput --compare-iperf3",
+    );
+    let bench: Value = serde_json::from_str(&out).unwrap();
+    let run = &bench["runs"][0];
+    assert!(run["iperf3_gbit_per_s"].as_f64().unwrap() > 0.01, "{run}");
     for connections in ["persistent", "fresh"] {
         let out = ok(
             causeway(&[
