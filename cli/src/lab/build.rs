@@ -620,3 +620,58 @@ impl Links {
             .with_context(|| format!("add FDB entry for {dst} on {name}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::plan::{CniChoice, LabSpec};
+
+    fn calico_cluster(distinct: bool) -> ClusterPlan {
+        let spec = LabSpec {
+            name: "demo".parse().unwrap(),
+            clusters: 2,
+            distinct_cidrs: distinct,
+        };
+        let plan = LabPlan::with_cni(spec, &"calico".parse::<CniChoice>().unwrap()).unwrap();
+        plan.clusters[1].clone()
+    }
+
+    #[test]
+    fn nat_outgoing_is_written_as_calico_chains_over_the_pool() {
+        let rules = calico_nat_outgoing(&calico_cluster(true));
+        let lines: Vec<&str> = rules.lines().collect();
+        assert_eq!(lines.first(), Some(&"*nat"));
+        assert_eq!(lines.last(), Some(&"COMMIT"));
+        for chain in [":cali-POSTROUTING - [0:0]", ":cali-nat-outgoing - [0:0]"] {
+            assert!(lines.contains(&chain), "{rules}");
+        }
+        let rule = |chain: &str| {
+            lines
+                .iter()
+                .filter(|l| l.starts_with(&format!("-A {chain} ")))
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rule("POSTROUTING").len(), 1);
+        assert!(rule("POSTROUTING")[0].ends_with("-j cali-POSTROUTING"));
+        assert!(rule("cali-POSTROUTING")[0].ends_with("-j cali-nat-outgoing"));
+        assert_eq!(
+            rule("cali-nat-outgoing"),
+            [
+                "-A cali-nat-outgoing -s 10.245.0.0/16 ! -d 10.245.0.0/16 -m comment --comment \"cali:lab-masq-pools\" -j MASQUERADE --random-fully"
+            ]
+        );
+    }
+
+    #[test]
+    fn vtep_macs_parse_and_bad_ones_are_refused() {
+        let cluster = calico_cluster(false);
+        for node in &cluster.nodes {
+            let mac = parse_mac(&node.calico.as_ref().unwrap().vtep_mac).unwrap();
+            assert_eq!(mac[0] & 0b11, 0b10, "locally administered unicast");
+        }
+        for bad in ["", "66:ca", "66:ca:1c:00:00:zz", "66:ca:1c:00:00:00:01"] {
+            assert!(parse_mac(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
