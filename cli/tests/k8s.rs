@@ -952,3 +952,35 @@ fn every_chart_container_args_parse_with_the_real_parser() {
         problems.join("\n")
     );
 }
+
+#[test]
+fn store_flags_fail_with_errors_that_name_what_to_pass() {
+    let run = |args: &[&str]| {
+        let out = Command::new(causeway_bin())
+            .args(args)
+            .env_remove("CAUSEWAY_STORE")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env("HOME", "/nonexistent")
+            .output()
+            .expect("run causeway");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let base = ["route-agent", "--cluster=a", "--node=node-0"];
+    let err = run(&base);
+    assert!(err.contains("--store is required"), "{err}");
+    let err = run(&[&base[..], &["--store=kubernetes"]].concat());
+    assert!(err.contains("--store kubernetes"), "{err}");
+    let err = run(&[&base[..], &["--store=http://127.0.0.1:1"]].concat());
+    assert!(err.contains("--pod-cidr"), "{err}");
+    let err = run(&[&base[..], &["--store=kubernetes,http://127.0.0.1:1"]].concat());
+    assert!(err.contains("no etcd endpoints"), "{err}");
+    let err = run(&[
+        "join",
+        "--kubernetes-broker",
+        "--cluster=a",
+        "--out=/nonexistent/out",
+    ]);
+    assert!(err.contains("--broker-kubeconfig"), "{err}");
+}
