@@ -182,3 +182,27 @@ fn a_tunnel_that_is_down_is_drawn_red() {
     assert_eq!(t.tunnel("b", "a").unwrap().state, "error");
     assert!(render_dot(&t).contains("color=\"#c62828\", penwidth=2"));
 }
+
+/// The DOT of two clusters, reviewed like code (`UPDATE_GOLDEN=1` rewrites it).
+#[test]
+fn dot_matches_its_golden_file() {
+    let dot = render_dot(&Topology::from_records(
+        &records(),
+        &candidates(),
+        &metrics(),
+    ));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/topology/golden/two-clusters.dot");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &dot).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(
+        dot,
+        want,
+        "{} differs (UPDATE_GOLDEN=1 rewrites it)",
+        path.display()
+    );
+}
