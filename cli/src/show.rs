@@ -5,14 +5,12 @@ use std::fmt::Write;
 
 use anyhow::Result;
 use causeway_api::records::{AnyRecord, ConnectionStatus, Endpoint, Kind, ServiceImport};
-use causeway_api::store::{EtcdStore, Store};
 
 use crate::broker::BrokerFile;
 
-/// Every record of `kind` the broker holds.
+/// Every record of `kind` the broker holds (an etcd or a Kubernetes broker).
 pub async fn list(broker: &BrokerFile, kind: Kind) -> Result<Vec<AnyRecord>> {
-    let store = EtcdStore::connect(&broker.etcd_config()).await?;
-    Ok(store.list(Some(kind)).await?.records)
+    Ok(broker.connect().await?.list(Some(kind)).await?.records)
 }
 
 pub fn endpoints(records: &[AnyRecord]) -> Vec<&Endpoint> {
