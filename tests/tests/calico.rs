@@ -220,6 +220,14 @@ fn a_flannel_and_a_calico_cluster_find_each_others_services_by_name() {
     let lab = Lab::up_with("calm", Some("a=flannel,b=calico"), &[]);
     assert_eq!(lab.cni("a"), "flannel");
     assert_eq!(lab.cni("b"), "calico");
+    let text = ok(
+        causeway(&["lab", "status", "--name", &lab.name]),
+        "lab status",
+    );
+    assert!(
+        text.contains("cluster a  cni flannel") && text.contains("cluster b  cni calico"),
+        "lab status names each cluster's CNI:\n{text}"
+    );
     let url = format!("http://{NAME}/");
 
     // Flannel to Calico.
