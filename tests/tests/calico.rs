@@ -241,3 +241,70 @@ fn a_flannel_and_a_calico_cluster_find_each_others_services_by_name() {
     let reply = echo_from(&lab, "b/client-0", &url, "a");
     assert!(in_egress_pool(&seen(&reply), 1), "a saw {reply}");
 }
+
+/// `rp_filter` of `scope` (`all` or an interface) on `target`.
+fn rp_filter(lab: &Lab, target: &str, scope: &str) -> String {
+    let file = format!("/proc/sys/net/ipv4/conf/{scope}/rp_filter");
+    ok(lab.exec(target, &["cat", &file]), "read rp_filter")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn strict_rp_filter_on_calico_nodes_is_loosened_where_the_path_needs_it() {
+    let lab = Lab::up_with("calrp", Some("calico"), &["--distinct-cidrs"]);
+    let status = lab.status();
+    let nodes = ["b/node-0", "b/node-1", "b/node-2"];
+    // Strict everywhere, as some distributions' sysctl defaults leave a
+    // node: traffic from a that crossed b's gateway arrives over
+    // vxlan.calico and its replies leave by eth0, which strict mode drops.
+    for node in nodes {
+        ok(
+            lab.exec(
+                node,
+                &[
+                    "sh",
+                    "-c",
+                    "for i in all eth0 vxlan.calico; do echo 1 > /proc/sys/net/ipv4/conf/$i/rp_filter; done",
+                ],
+            ),
+            "set strict rp_filter",
+        );
+    }
+    // The route agents loosen them on their next resync (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(25);
+    for node in nodes {
+        for scope in ["all", "eth0", "vxlan.calico"] {
+            while rp_filter(&lab, node, scope) != "2" {
+                assert!(
+                    Instant::now() < deadline,
+                    "{node} still has strict rp_filter on {scope}"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    // One web pod is off the active gateway's node, so its path crosses
+    // vxlan.calico; both answer a's pods as themselves.
+    let client = pod_ip(&status, "a", "client-0");
+    for web in ["web-0", "web-1"] {
+        let url = format!("http://{}:8080/", pod_ip(&status, "b", web));
+        let reply = lab.echo_eventually("a/client-0", &url);
+        assert_eq!(
+            (&reply["cluster"], &reply["pod"]),
+            (&"b".into(), &web.into())
+        );
+        assert_eq!(seen(&reply), client, "{reply}");
+    }
+    // A pod's own veth stays strict, as Felix sets it.
+    let routes = ok(lab.exec("b/node-2", &["ip", "route"]), "routes");
+    let veth = routes
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .filter(|d| d.starts_with("cali"))
+        })
+        .expect("a cali* veth");
+    assert_eq!(rp_filter(&lab, "b/node-2", veth), "1");
+}
