@@ -291,6 +291,16 @@ pub fn command(args: DiagnoseArgs) -> anyhow::Result<bool> {
     Ok(!report.failed())
 }
 
+/// The checks' table tests: `out` has these statuses, in order, and says
+/// `needle` somewhere.
+#[cfg(test)]
+pub(crate) fn assert_findings(case: &str, out: &[Finding], statuses: &[Status], needle: &str) {
+    let got: Vec<Status> = out.iter().map(|f| f.status).collect();
+    assert_eq!(got, statuses, "{case}: {out:#?}");
+    let text = format!("{out:?}");
+    assert!(text.contains(needle), "{case}: no {needle:?} in {text}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

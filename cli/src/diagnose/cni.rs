@@ -540,10 +540,7 @@ mod tests {
         ];
         for (name, f, statuses, needle) in cases {
             let out = findings(&f);
-            let got: Vec<Status> = out.iter().map(|f| f.status).collect();
-            assert_eq!(got, statuses, "{name}: {out:#?}");
-            let text = format!("{out:?}");
-            assert!(text.contains(needle), "{name}: no {needle:?} in {text}");
+            crate::diagnose::assert_findings(name, &out, &statuses, needle);
         }
     }
 

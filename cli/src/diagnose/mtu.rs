@@ -375,10 +375,7 @@ mod tests {
         ];
         for (name, h, statuses, needle) in cases {
             let out = findings(&gather(&h, &Ok(view())));
-            let got: Vec<Status> = out.iter().map(|f| f.status).collect();
-            assert_eq!(got, statuses, "{name}: {out:#?}");
-            let text = format!("{out:?}");
-            assert!(text.contains(needle), "{name}: no {needle:?} in {text}");
+            crate::diagnose::assert_findings(name, &out, &statuses, needle);
         }
     }
 }
