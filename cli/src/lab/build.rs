@@ -161,12 +161,7 @@ fn build_calico_node(cluster: &ClusterPlan, node: &NodePlan) -> Result<()> {
     let wan = node.wan_ip.map(|ip| (ip, 24u8));
     netns::run(&node.netns, move |h| async move {
         let links = Links(h);
-        links.address("eth0", ip, node_prefix).await?;
-        links.up("eth0").await?;
-        if let Some((wan_ip, prefix)) = wan {
-            links.address("wan0", wan_ip, prefix).await?;
-            links.up("wan0").await?;
-        }
+        links.node_addresses((ip, node_prefix), wan).await?;
         // Proxy ARP answers for 169.254.1.1 only when the node has a route
         // to it out of another interface; a real node's default route
         // gives it one. The node network has no router, so this default
@@ -306,12 +301,7 @@ fn build_node(cluster: &ClusterPlan, node: &NodePlan) -> Result<()> {
     let wan = node.wan_ip.map(|ip| (ip, 24u8));
     netns::run(&node.netns, move |h| async move {
         let links = Links(h);
-        links.address("eth0", ip, node_prefix).await?;
-        links.up("eth0").await?;
-        if let Some((wan_ip, prefix)) = wan {
-            links.address("wan0", wan_ip, prefix).await?;
-            links.up("wan0").await?;
-        }
+        links.node_addresses((ip, node_prefix), wan).await?;
         links.bridge("cni0").await?;
         links.address("cni0", bridge_ip, slice_prefix).await?;
         for (veth, pod_netns) in pods {
@@ -391,6 +381,23 @@ impl Links {
     }
 
     /// `ip link set NAME up`
+    /// A node's own addresses: `eth0` on the node network and, on a
+    /// gateway candidate, `wan0` on the wan segment; both brought up.
+    async fn node_addresses(
+        &self,
+        node: (Ipv4Addr, u8),
+        wan: Option<(Ipv4Addr, u8)>,
+    ) -> Result<()> {
+        for (link, (ip, prefix)) in [("eth0", Some(node)), ("wan0", wan)]
+            .into_iter()
+            .filter_map(|(link, a)| Some((link, a?)))
+        {
+            self.address(link, ip, prefix).await?;
+            self.up(link).await?;
+        }
+        Ok(())
+    }
+
     async fn up(&self, name: &str) -> Result<()> {
         let index = self.index(name).await?;
         self.0
