@@ -7,6 +7,7 @@
 //! so tools that still speak v1alpha1 keep working; the manifest-directory
 //! source reads both.
 
+mod derived;
 mod imports;
 
 use std::borrow::Cow;
@@ -18,6 +19,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use derived::{
+    DERIVED_FIELD_MANAGER, DERIVED_MANAGED_BY, DERIVED_SERVICE_ANNOTATION, Derived, DerivedWrite,
+    DerivedWriteError, DerivedWriter, FakeDerivedWriter, KubeDerivedWriter, MCS_SERVICE_NAME_LABEL,
+    SERVICE_NAME_LABEL, SLICE_MANAGED_BY_LABEL, SLICE_MANAGER, SOURCE_CLUSTER_LABEL,
+    derived_service_name,
+};
 pub use imports::{
     FakeImportWriter, IMPORT_FIELD_MANAGER, ImportWrite, ImportWriteError, ImportWriter,
     KubeImportWriter, MANAGED_BY, MANAGED_BY_LABEL, import_key,

@@ -21,11 +21,11 @@ use tokio::sync::watch;
 
 pub use kubernetes::KubeSource;
 pub use manifest::{
-    IMPORTS_DIR, Manifest, ManifestDirSource, ManifestError, ManifestImportWriter, parse_manifests,
-    render_import,
+    DERIVED_DIR, IMPORTS_DIR, Manifest, ManifestDerivedWriter, ManifestDirSource, ManifestError,
+    ManifestImportWriter, parse_manifests, render_derived, render_import,
 };
 
-use crate::mcs::{ImportWriter, ServiceExport, ServiceImport};
+use crate::mcs::{DerivedWriter, ImportWriter, ServiceExport, ServiceImport};
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped kinds.
 pub type ObjectKey = (String, String);
@@ -90,6 +90,12 @@ pub trait ClusterSource: Send + Sync {
     fn import_writer(&self) -> Option<Arc<dyn ImportWriter>> {
         None
     }
+
+    /// Where this cluster's derived Services and MCS EndpointSlices are
+    /// written, if the source can take writes.
+    fn derived_writer(&self) -> Option<Arc<dyn DerivedWriter>> {
+        None
+    }
 }
 
 /// A cluster source whose state a test sets by hand.
@@ -97,6 +103,7 @@ pub trait ClusterSource: Send + Sync {
 pub struct FakeClusterSource {
     tx: watch::Sender<Arc<ClusterState>>,
     writer: Option<Arc<dyn ImportWriter>>,
+    derived: Option<Arc<dyn DerivedWriter>>,
 }
 
 impl Default for FakeClusterSource {
@@ -111,12 +118,19 @@ impl FakeClusterSource {
         Self {
             tx: watch::channel(Arc::new(ClusterState::default())).0,
             writer: None,
+            derived: None,
         }
     }
 
     /// The source hands out `writer` as its import writer.
     pub fn with_import_writer(mut self, writer: Arc<dyn ImportWriter>) -> Self {
         self.writer = Some(writer);
+        self
+    }
+
+    /// The source hands out `writer` as its derived-Service writer.
+    pub fn with_derived_writer(mut self, writer: Arc<dyn DerivedWriter>) -> Self {
+        self.derived = Some(writer);
         self
     }
 
@@ -140,6 +154,10 @@ impl ClusterSource for FakeClusterSource {
 
     fn import_writer(&self) -> Option<Arc<dyn ImportWriter>> {
         self.writer.clone()
+    }
+
+    fn derived_writer(&self) -> Option<Arc<dyn DerivedWriter>> {
+        self.derived.clone()
     }
 }
 

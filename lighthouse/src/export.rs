@@ -664,6 +664,8 @@ pub struct ExportAgent {
     written: BTreeMap<ExportKey, causeway_api::mcs::ServiceExportStatus>,
     /// Where the import controller writes the cluster's ServiceImports.
     import_writer: Option<Arc<dyn causeway_api::mcs::ImportWriter>>,
+    /// Where the derived controller writes derived Services and slices.
+    derived_writer: Option<Arc<dyn causeway_api::mcs::DerivedWriter>>,
 }
 
 impl ExportAgent {
@@ -675,6 +677,7 @@ impl ExportAgent {
         options: ExportAgentOptions,
     ) -> Self {
         let import_writer = source.import_writer().filter(|_| options.imports);
+        let derived_writer = source.derived_writer().filter(|_| options.imports);
         Self {
             state: source.state(),
             store,
@@ -683,6 +686,7 @@ impl ExportAgent {
             status: watch::channel(Arc::new(ExportStatuses::new())).0,
             written: BTreeMap::new(),
             import_writer,
+            derived_writer,
         }
     }
 
@@ -696,12 +700,25 @@ impl ExportAgent {
     /// import controller, when the source takes writes, runs as long.
     #[instrument(name = "export_agent", skip_all, fields(cluster = %self.local))]
     pub async fn run(mut self, cancel: CancellationToken) {
+        let derived = self.derived_writer.take().map(|writer| {
+            let controller = crate::derived::DerivedController::new(
+                self.local.clone(),
+                self.state.clone(),
+                self.store.clone(),
+                writer,
+                crate::derived::DerivedControllerOptions::default(),
+            );
+            tokio::spawn(controller.run(cancel.clone()))
+        });
         let controller = self.import_writer.take().map(|writer| {
             let controller = crate::import::ImportController::new(
                 self.state.clone(),
                 self.store.clone(),
                 writer,
-                crate::import::ImportControllerOptions::default(),
+                crate::import::ImportControllerOptions {
+                    derived: derived.is_some(),
+                    ..crate::import::ImportControllerOptions::default()
+                },
             );
             tokio::spawn(controller.run(cancel.clone()))
         });
@@ -743,6 +760,9 @@ impl ExportAgent {
         }
         if let Some(controller) = controller {
             let _ = controller.await;
+        }
+        if let Some(derived) = derived {
+            let _ = derived.await;
         }
         info!("export agent stopped");
     }

@@ -477,6 +477,10 @@ pub struct ImportControllerOptions {
     pub retry_interval: Duration,
     /// A write the source does not show yet is not repeated for this long.
     pub settle: Duration,
+    /// Imports name their derived Service and take its ClusterIP as `ips`
+    /// ([`crate::derived::annotate_imports`]): set when the derived
+    /// controller runs beside this one.
+    pub derived: bool,
 }
 
 impl Default for ImportControllerOptions {
@@ -485,6 +489,7 @@ impl Default for ImportControllerOptions {
             resync_interval: Duration::from_secs(30),
             retry_interval: Duration::from_secs(1),
             settle: Duration::from_secs(5),
+            derived: false,
         }
     }
 }
@@ -565,7 +570,10 @@ impl ImportController {
             return self.options.retry_interval;
         }
         let all: Vec<ServiceImport> = records.typed::<ServiceImport>().collect();
-        let desired = plan_imports(&all, &state.namespace_names());
+        let mut desired = plan_imports(&all, &state.namespace_names());
+        if self.options.derived {
+            crate::derived::annotate_imports(&mut desired, &state);
+        }
         let changes = diff_imports(&desired, &state.service_imports);
         let now = Instant::now();
         let settle = self.options.settle;

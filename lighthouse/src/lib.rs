@@ -11,7 +11,10 @@
 //! when the cluster source takes writes) merges every cluster's records of
 //! a service with the pure [`import::merge`] into the MCS ServiceImport, and
 //! writes it into every namespace-holding cluster's API (or manifest
-//! directory) through an `ImportWriter`.
+//! directory) through an `ImportWriter`. Beside it, [`derived::DerivedController`]
+//! writes each import's derived Service and MCS EndpointSlices (the pure
+//! [`derived::plan_derived`]), so the cluster's service proxy serves the
+//! ClusterSetIP; the derived Service's ClusterIP becomes the import's `ips`.
 //!
 //! DNS side, one way: [`feed`] watches the local store's ServiceImport and
 //! connection-status records and edits a [`dns::Index`], published through
@@ -22,6 +25,7 @@
 
 pub mod corefile;
 pub mod daemon;
+pub mod derived;
 pub mod dns;
 pub mod export;
 pub mod feed;

@@ -100,6 +100,12 @@ impl ClusterSource for KubeSource {
     fn import_writer(&self) -> Option<Arc<dyn ImportWriter>> {
         Some(Arc::new(KubeImportWriter::new(self.client.clone())))
     }
+
+    fn derived_writer(&self) -> Option<Arc<dyn crate::mcs::DerivedWriter>> {
+        Some(Arc::new(crate::mcs::KubeDerivedWriter::new(
+            self.client.clone(),
+        )))
+    }
 }
 
 struct Shared {

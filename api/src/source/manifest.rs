@@ -12,7 +12,8 @@
 //! `kube-public` and `kube-node-lease`, which an API server always has.
 //! ServiceExports and ServiceImports are read in `multicluster.x-k8s.io`
 //! v1alpha1 and v1beta1. The directory also takes writes: the import
-//! controller's ServiceImports go to `causeway-imports/` ([`imports`]).
+//! controller's ServiceImports go to `causeway-imports/` ([`imports`]), derived
+//! Services and their EndpointSlices to `causeway-derived/` ([`derived`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,10 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{ClusterSource, ClusterState};
-use crate::mcs::{ImportWriter, ServiceExport, ServiceImport};
+use crate::mcs::{DerivedWriter, ImportWriter, ServiceExport, ServiceImport};
 
+mod derived;
 mod imports;
 
+pub use derived::{DERIVED_DIR, ManifestDerivedWriter, render_derived};
 pub use imports::{IMPORTS_DIR, ManifestImportWriter, render_import};
 
 /// The namespaces an API server creates itself.
@@ -303,6 +306,11 @@ impl ClusterSource for ManifestDirSource {
     /// would store them.
     fn import_writer(&self) -> Option<Arc<dyn ImportWriter>> {
         Some(Arc::new(ManifestImportWriter::new(self.dir.clone())))
+    }
+
+    /// Derived Services and their slices become files of the directory.
+    fn derived_writer(&self) -> Option<Arc<dyn DerivedWriter>> {
+        Some(Arc::new(ManifestDerivedWriter::new(self.dir.clone())))
     }
 }
 

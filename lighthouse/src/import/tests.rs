@@ -398,6 +398,7 @@ async fn the_controller_follows_records_and_namespaces() {
         resync_interval: Duration::from_millis(200),
         retry_interval: Duration::from_millis(50),
         settle: Duration::from_millis(100),
+        derived: false,
     };
     let controller = ImportController::new(
         source.state(),
@@ -515,6 +516,7 @@ async fn on_a_manifest_directory_the_controller_settles_and_writes_nothing_more(
         resync_interval: Duration::from_millis(50),
         retry_interval: Duration::from_millis(20),
         settle: Duration::from_millis(100),
+        derived: false,
     };
     tokio::spawn(
         ImportController::new(source.state(), store.clone(), Arc::new(writer), options)

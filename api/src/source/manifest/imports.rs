@@ -38,7 +38,7 @@ impl ManifestImportWriter {
     }
 }
 
-fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+pub(super) fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
         return Ok(()); // unchanged: keep the file's stamp, so nothing re-reads it
     }

@@ -348,3 +348,122 @@ async fn directory_source_follows_changes_and_skips_malformed_files() {
     .await;
     assert!(src.problems().borrow().is_empty());
 }
+
+/// Import prod/hello's derived Service (ClusterIP allocated) and b's slice.
+fn full_derived() -> crate::mcs::Derived {
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use crate::mcs::{
+        DERIVED_MANAGED_BY, MANAGED_BY_LABEL, MCS_SERVICE_NAME_LABEL, SERVICE_NAME_LABEL,
+        SLICE_MANAGED_BY_LABEL, SLICE_MANAGER, SOURCE_CLUSTER_LABEL, derived_service_name,
+    };
+    let name = derived_service_name("prod", "hello");
+    let service = Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some("prod".into()),
+            labels: Some(
+                [
+                    (MANAGED_BY_LABEL.to_owned(), DERIVED_MANAGED_BY.to_owned()),
+                    (MCS_SERVICE_NAME_LABEL.to_owned(), "hello".to_owned()),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some("10.96.7.7".into()),
+            ports: Some(vec![ServicePort {
+                name: Some("tcp".into()),
+                port: 42,
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            session_affinity: Some("None".into()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let slice = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-b")),
+            namespace: Some("prod".into()),
+            labels: Some(
+                [
+                    (MANAGED_BY_LABEL.to_owned(), DERIVED_MANAGED_BY.to_owned()),
+                    (MCS_SERVICE_NAME_LABEL.to_owned(), "hello".to_owned()),
+                    (SERVICE_NAME_LABEL.to_owned(), name.clone()),
+                    (SOURCE_CLUSTER_LABEL.to_owned(), "b".to_owned()),
+                    (SLICE_MANAGED_BY_LABEL.to_owned(), SLICE_MANAGER.to_owned()),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint {
+            addresses: vec!["242.1.0.5".into()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                ..EndpointConditions::default()
+            }),
+            ..Endpoint::default()
+        }],
+        ports: Some(vec![EndpointPort {
+            name: Some("tcp".into()),
+            port: Some(42),
+            protocol: Some("TCP".into()),
+            ..EndpointPort::default()
+        }]),
+    };
+    crate::mcs::Derived {
+        namespace: "prod".into(),
+        import: "hello".into(),
+        service,
+        slices: [(format!("{name}-b"), slice)].into(),
+    }
+}
+
+#[test]
+fn a_derived_service_renders_as_the_golden_yaml_and_parses_back() {
+    let d = full_derived();
+    let text = render_derived(&d);
+    golden("derived-prod-hello.yaml", &text);
+    let back = parse_manifests(&text).unwrap();
+    let slice = d.slices.values().next().unwrap().clone();
+    assert_eq!(
+        back,
+        [
+            Manifest::Service(Box::new(d.service.clone())),
+            Manifest::EndpointSlice(Box::new(slice)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn derived_services_written_to_the_directory_are_read_back_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let src = ManifestDirSource::spawn(dir.path().into(), Duration::from_millis(50), cancel);
+    let writer = src.derived_writer().expect("the directory takes writes");
+    let d = full_derived();
+    let none = std::collections::BTreeSet::new();
+    writer.apply(&d, &none).await.unwrap();
+    let file = dir.path().join("causeway-derived/prod.hello.yaml");
+    assert!(file.exists());
+    let mut rx = src.state();
+    wait_until(&mut rx, "derived read", |s| {
+        s.services.len() == 1 && s.endpoint_slices.len() == 1
+    })
+    .await;
+    let name = crate::mcs::derived_service_name("prod", "hello");
+    assert_eq!(rx.borrow().slices_of("prod", &name).count(), 1);
+    writer.delete("prod", "hello", &none).await.unwrap();
+    writer.delete("prod", "hello", &none).await.unwrap();
+    assert!(!file.exists());
+    wait_until(&mut rx, "derived removed", |s| s.services.is_empty()).await;
+}
