@@ -98,13 +98,18 @@ pub fn import_to_export(local: &ApiClusterId, import: &ServiceImport) -> Cluster
     ClusterExport { ports, backing }
 }
 
-/// Gives `key` the type of the export that takes precedence: the lowest
-/// cluster id (see [`crate::export::precedence`]).
+/// Gives `key` the type of the export that takes precedence: the oldest,
+/// then the lowest cluster id ([`crate::export::precedence`], the rule the
+/// MCS ServiceImport is merged by).
 fn settle_type(index: &mut Index, key: &ServiceKey) {
-    let winner = index
-        .service(key)
-        .and_then(|s| s.clusters.values().next())
-        .map(|e| e.backing.service_type());
+    let winner = index.service(key).and_then(|s| {
+        let at = |c: &ClusterId| s.exported_at.get(c).copied().unwrap_or(0);
+        let age = |t: u64| if t == 0 { u64::MAX } else { t };
+        s.clusters
+            .iter()
+            .min_by(|(a, _), (b, _)| (age(at(a)), *a).cmp(&(age(at(b)), *b)))
+            .map(|(_, e)| e.backing.service_type())
+    });
     if let Some(ty) = winner
         && index.service(key).is_some_and(|s| s.service_type != ty)
     {
@@ -125,11 +130,13 @@ pub fn build_index<'a>(
         match record {
             AnyRecord::ServiceImport(import) => {
                 let key = service_key(import)?;
+                let cluster = dns_cluster(&import.cluster)?;
                 index.upsert_export(
                     key.clone(),
-                    dns_cluster(&import.cluster)?,
+                    cluster.clone(),
                     import_to_export(local, import),
                 );
+                index.set_exported_at(&key, &cluster, import.exported_at_ms);
                 keys.push(key);
             }
             AnyRecord::ConnectionStatus(status)
@@ -160,7 +167,12 @@ pub fn apply_change(
             AnyRecord::ServiceImport(import) => {
                 let key = service_key(import)?;
                 let cluster = dns_cluster(&import.cluster)?;
-                index.upsert_export(key.clone(), cluster, import_to_export(local, import));
+                index.upsert_export(
+                    key.clone(),
+                    cluster.clone(),
+                    import_to_export(local, import),
+                );
+                index.set_exported_at(&key, &cluster, import.exported_at_ms);
                 settle_type(index, &key);
             }
             AnyRecord::ConnectionStatus(status) if status.cluster == *local => {

@@ -255,6 +255,9 @@ pub struct ImportedService {
     pub cluster_set_ips: Vec<IpAddr>,
     /// The exports, per cluster.
     pub clusters: BTreeMap<ClusterId, ClusterExport>,
+    /// When each cluster's export was created (Unix ms; absent or 0 when
+    /// unknown): the oldest export's type stands.
+    pub exported_at: BTreeMap<ClusterId, u64>,
     /// Round-robin position; a new index starts it again at zero.
     turn: AtomicU32,
 }
@@ -266,6 +269,7 @@ impl ImportedService {
             service_type,
             cluster_set_ips: Vec::new(),
             clusters: BTreeMap::new(),
+            exported_at: BTreeMap::new(),
             turn: AtomicU32::new(0),
         }
     }
@@ -282,6 +286,7 @@ impl Clone for ImportedService {
             service_type: self.service_type,
             cluster_set_ips: self.cluster_set_ips.clone(),
             clusters: self.clusters.clone(),
+            exported_at: self.exported_at.clone(),
             turn: AtomicU32::new(self.turn.load(Ordering::Relaxed)),
         }
     }
@@ -292,6 +297,7 @@ impl PartialEq for ImportedService {
         self.service_type == other.service_type
             && self.cluster_set_ips == other.cluster_set_ips
             && self.clusters == other.clusters
+            && self.exported_at == other.exported_at
     }
 }
 
@@ -364,6 +370,7 @@ impl Index {
     pub fn remove_export(&mut self, key: &ServiceKey, cluster: &ClusterId) {
         if let Some(service) = self.services.get_mut(key) {
             service.clusters.remove(cluster);
+            service.exported_at.remove(cluster);
             if service.clusters.is_empty() {
                 self.services.remove(key);
             }
@@ -415,6 +422,14 @@ impl Index {
             service.service_type = ty;
         }
         self.bump();
+    }
+
+    /// Records when `cluster`'s export of `key` was created (Unix ms; 0
+    /// when unknown), which decides the import's type.
+    pub fn set_exported_at(&mut self, key: &ServiceKey, cluster: &ClusterId, ms: u64) {
+        if let Some(service) = self.services.get_mut(key) {
+            service.exported_at.insert(cluster.clone(), ms);
+        }
     }
 
     /// Sets the ClusterSetIP(s) of `key` (issue 10).

@@ -145,7 +145,7 @@ fn only_the_local_gateways_connected_reports_make_peers_reachable() {
 }
 
 #[test]
-fn the_lowest_cluster_id_decides_the_type() {
+fn among_exports_of_unknown_age_the_lowest_cluster_id_decides_the_type() {
     let web = key("default", "web");
     let records: Vec<AnyRecord> = vec![
         clusterset("c", "web", "242.2.0.10", "10.96.0.10").into(),
@@ -176,6 +176,50 @@ fn the_lowest_cluster_id_decides_the_type() {
     assert_eq!(
         index.service(&web).unwrap().service_type,
         ServiceType::Headless
+    );
+}
+
+#[test]
+fn the_oldest_export_decides_the_type_as_the_merge_does() {
+    let web = key("default", "web");
+    // c exported first (older), b later: c's ClusterSetIP stands, although
+    // b's id is lower; an export of unknown age ranks last.
+    let mut c = clusterset("c", "web", "242.2.0.10", "10.96.0.10");
+    c.exported_at_ms = 1_000;
+    let mut b = headless("b", "web", &[(None, "242.1.0.20", "10.244.1.5")]);
+    b.exported_at_ms = 2_000;
+    let mut a = headless("a", "web", &[(None, "242.0.0.20", "10.244.0.5")]);
+    a.exported_at_ms = 0;
+    let records: Vec<AnyRecord> = vec![c.clone().into(), b.clone().into(), a.into()];
+    let mut index = build_index(&id("a"), &records).unwrap();
+    assert_eq!(
+        index.service(&web).unwrap().service_type,
+        ServiceType::ClusterSetIp
+    );
+    assert_eq!(
+        crate::import::merge([&c, &b]).unwrap().kind,
+        ServiceImportType::ClusterSetIP,
+        "the ServiceImport merge agrees"
+    );
+    // c withdraws: b is now the oldest dated export.
+    let delete = WatchEvent::Delete {
+        key: records[0].key(),
+        revision: 9,
+    };
+    apply_change(&mut index, &id("a"), &delete).unwrap();
+    assert_eq!(
+        index.service(&web).unwrap().service_type,
+        ServiceType::Headless
+    );
+    // c comes back, older again (put one by one, as a rebuild).
+    let put = WatchEvent::Put {
+        record: records[0].clone(),
+        revision: 10,
+    };
+    apply_change(&mut index, &id("a"), &put).unwrap();
+    assert_eq!(
+        index.service(&web).unwrap().service_type,
+        ServiceType::ClusterSetIp
     );
 }
 
