@@ -115,8 +115,7 @@ fn an_import_gets_a_derived_service_and_a_slice_per_source_cluster() {
     within(20, "import annotated", || {
         let path = manifests(&lab, "a").join("causeway-imports/default.web.yaml");
         let v: Value = serde_yaml::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-        (v["metadata"]["annotations"]["multicluster.kubernetes.io/derived-service"]
-            == DERIVED_WEB)
+        (v["metadata"]["annotations"]["multicluster.kubernetes.io/derived-service"] == DERIVED_WEB)
             .then_some(())
     });
 
