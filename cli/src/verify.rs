@@ -11,6 +11,7 @@
 //! short-lived headless `cw-verify-CLUSTER` over each cluster's web pods and
 //! removes it at the end, as it would start short-lived pods on Kubernetes.
 
+pub mod kube;
 pub mod labkit;
 
 use std::collections::BTreeSet;
@@ -745,10 +746,10 @@ pub fn failure(report: &Report) -> Option<anyhow::Error> {
     ))
 }
 
-/// `causeway verify` without `--lab`.
+/// `causeway verify` with neither `--lab` nor `--kubeconfig`.
 pub fn run_kubernetes() -> Result<Report> {
     Err(anyhow!(
-        "not yet: on Kubernetes verify would start short-lived pods, which is not built; use --lab NAME"
+        "say where to verify: --lab NAME, or --kubeconfig CLUSTER=FILE once per member cluster (two or more)"
     ))
     .context("causeway verify")
 }
@@ -765,11 +766,39 @@ pub enum Format {
 
 /// Flags of `causeway verify`.
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "On Kubernetes (--kubeconfig, twice or more), verify starts in every cluster, \
+in --namespace (which must exist): an echo server Pod (the image's `causeway lab echo`), a \
+ClusterIP and a headless Service over it, both exported with a ServiceExport, and two client \
+Pods (one with nodeSelector causeway.io/gateway=true, one on any other node) that probe every \
+other cluster and print one JSON line per probe. It reads their logs, prints the table and \
+deletes everything labelled causeway.io/verify=<run id>, also on an error or Ctrl-C. It needs \
+create, get, list and delete on pods, pods/log, services and serviceexports in that namespace."
+)]
 pub struct VerifyArgs {
-    /// Check this lab, using its pods (on Kubernetes verify would start
-    /// short-lived pods: not built yet).
-    #[arg(long, env = "CAUSEWAY_LAB")]
+    /// Check this lab, using its pods.
+    #[arg(long, env = "CAUSEWAY_LAB", conflicts_with = "kubeconfig")]
     pub lab: Option<LabName>,
+    /// CLUSTER=FILE: a member cluster's id and a kubeconfig that reaches it
+    /// (its current context); give it once per cluster, two or more.
+    #[arg(long, value_name = "CLUSTER=FILE", value_parser = kube::parse_member)]
+    pub kubeconfig: Vec<kube::Member>,
+    /// Kubernetes: the namespace the short-lived pods and services go in.
+    #[arg(long, default_value = "causeway-verify")]
+    pub namespace: String,
+    /// Kubernetes: the causeway image the pods run (it needs bash, as the
+    /// project's Containerfile image has).
+    #[arg(long, default_value = concat!("localhost/causeway:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Kubernetes: the clusters run Globalnet, so remote pods and services
+    /// are reached by their global IPs (looked up by their clusterset.local
+    /// names) rather than by pod IP and ClusterIP.
+    #[arg(long)]
+    pub globalnet: bool,
+    /// Kubernetes: seconds the echo servers may take to start, and the
+    /// clients to finish beyond their own probe time.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_secs: u64,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Format,
 }
@@ -778,6 +807,15 @@ pub struct VerifyArgs {
 pub fn command(args: VerifyArgs) -> Result<()> {
     let report = match &args.lab {
         Some(lab) => run_lab(lab)?,
+        None if !args.kubeconfig.is_empty() => kube::command(
+            &args.kubeconfig,
+            &kube::Settings::new(
+                &args.namespace,
+                &args.image,
+                args.globalnet,
+                Duration::from_secs(args.timeout_secs),
+            ),
+        )?,
         None => run_kubernetes()?,
     };
     match args.output {
