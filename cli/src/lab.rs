@@ -14,6 +14,7 @@ pub mod echo;
 pub mod manifests;
 pub mod plan;
 pub mod probe;
+pub mod proxy;
 pub mod state;
 
 use std::collections::BTreeSet;
@@ -117,6 +118,7 @@ fn populate(state: &mut LabState) -> Result<()> {
     for cluster in &plan.clusters {
         start_gateways(state, cluster)?;
         start_route_agents(state, cluster)?;
+        start_proxies(state, cluster)?;
     }
     for cluster in &plan.clusters {
         start_dns(state, cluster)?;
@@ -309,6 +311,34 @@ fn start_route_agents(state: &mut LabState, cluster: &ClusterPlan) -> Result<()>
             &target,
             &node.netns,
             "route-agent",
+            &causeway_exe()?,
+            &args,
+        )?;
+    }
+    Ok(())
+}
+
+/// `causeway lab proxy` (the lab's kube-proxy) on every node of `cluster`;
+/// node-0's also allocates ClusterIPs, so each cluster has one allocator.
+fn start_proxies(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
+    let manifests = state.manifests_dir(&cluster.name);
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let mut args = vec![
+            "lab".to_owned(),
+            "proxy".to_owned(),
+            format!("--manifests={}", manifests.display()),
+            format!("--cluster-cidr={}", cluster.pod_cidr),
+        ];
+        if i == 0 {
+            args.push(format!("--allocate-from={}", cluster.service_cidr));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let target = format!("{}/{}", cluster.name, node.name);
+        spawn(
+            state,
+            &target,
+            &node.netns,
+            "proxy",
             &causeway_exe()?,
             &args,
         )?;

@@ -268,6 +268,9 @@ enum LabCmd {
         #[arg(long, default_value_t = 30)]
         deadline_s: u64,
     },
+    /// The lab's service proxy (kube-proxy's part), run on every node.
+    #[command(hide = true)]
+    Proxy(lab::proxy::ProxyArgs),
     /// The HTTP echo server the lab's web pods run.
     Echo {
         #[arg(long)]
@@ -561,6 +564,7 @@ fn run_lab(cmd: LabCmd) -> Result<()> {
             pod,
             listen,
         } => tokio::runtime::Runtime::new()?.block_on(lab::echo::serve(listen, cluster, pod)),
+        LabCmd::Proxy(args) => lab::proxy::command(args),
         LabCmd::Exec { .. } => unreachable!("handled before any thread starts"),
     }
 }

@@ -15,7 +15,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures::TryStreamExt;
 use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use netlink_packet_route::route::{RouteScope, RouteType};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use super::plan::{
     CALICO_HOST_VETH_MAC, CALICO_POD_GATEWAY, CALICO_VXLAN_DEVICE, CALICO_VXLAN_MTU,
@@ -307,6 +309,9 @@ fn build_node(cluster: &ClusterPlan, node: &NodePlan) -> Result<()> {
         for (veth, pod_netns) in pods {
             links.veth_to_netns(&veth, "eth0", &pod_netns).await?;
             links.attach(&veth, "cni0").await?;
+            // Flannel's CNI config sets the bridge plugin's `hairpinMode`, so
+            // a pod reaches itself through a ClusterIP (the service proxy).
+            links.hairpin(&veth).await?;
         }
         for (dst, prefix, via) in peers {
             links.route(dst, prefix, via).await?;
@@ -459,6 +464,17 @@ impl Links {
             .execute()
             .await
             .with_context(|| format!("attach {port} to {bridge}"))
+    }
+
+    /// `bridge link set dev PORT hairpin on`
+    async fn hairpin(&self, port: &str) -> Result<()> {
+        let index = self.index(port).await?;
+        self.0
+            .link()
+            .set_port(LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .with_context(|| format!("set hairpin mode on {port}"))
     }
 
     /// `ip addr add IP/PREFIX dev NAME`
