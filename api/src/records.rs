@@ -20,9 +20,9 @@ pub use ids::{ClusterId, GlobalCidr, IdError, ObjectName, WireGuardKey};
 pub use kinds::overlaps;
 pub use kinds::{
     AnyRecord, CableBackend, ClientIpConfig, Cluster, ConnectionState, ConnectionStatus, Endpoint,
-    ExportProperties, HeadlessEndpoint, IpFamily, Kind, Protocol, RecordKey, RttStats,
+    ExportProperties, HeadlessEndpoint, IpFamily, Kind, Protocol, ReadyPods, RecordKey, RttStats,
     ServiceImport, ServiceImportType, ServicePort, SessionAffinity, SessionAffinityConfig,
-    ValidationError,
+    TargetPort, ValidationError,
 };
 
 #[cfg(test)]

@@ -8,9 +8,10 @@
 //! cluster holds, a selector-less Service named [`derived_service_name`]
 //! (ClusterIP, or `None` for Headless) and one EndpointSlice per source
 //! cluster and address family, listing what this cluster can reach of it:
-//! - a remote ClusterSetIP export: its record's `addresses` (the global
-//!   ingress IP under Globalnet, else its ClusterIP) on the import's port
-//!   numbers;
+//! - a remote ClusterSetIP export: under Globalnet its record's
+//!   `addresses` (the global ingress IP) on the import's port numbers;
+//!   without, the ready pods its record lists (`pods`) on their target
+//!   ports (a record of an older writer without them: its ClusterIP);
 //! - a remote Headless export: its endpoints' addresses with hostnames;
 //! - the local export: the ready endpoints of the local Service's own
 //!   EndpointSlices, on their target ports.
@@ -253,6 +254,30 @@ pub fn plan_derived<'a>(
                 local_backends(state, r, &merged.ports)
             } else if !connected.contains(&r.cluster) {
                 continue;
+            } else if let Some(pods) = r.pods.as_ref().filter(|_| r.kind == merged.kind) {
+                // Without Globalnet: the pods themselves, on their ports.
+                let ports = merged
+                    .ports
+                    .iter()
+                    .filter(|p| r.ports.contains(p))
+                    .filter_map(|p| pods.ports.iter().find(|t| t.service == *p))
+                    .map(|t| {
+                        (
+                            t.service.name.clone(),
+                            i32::from(t.target),
+                            protocol_name(t.service.protocol),
+                        )
+                    })
+                    .collect();
+                let backends = pods
+                    .addresses
+                    .iter()
+                    .map(|a| Backend {
+                        address: *a,
+                        hostname: None,
+                    })
+                    .collect();
+                (backends, ports)
             } else {
                 let ports = merged
                     .ports

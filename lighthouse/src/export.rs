@@ -43,8 +43,8 @@ use std::time::Duration;
 use causeway_api::mcs::McsCondition;
 use causeway_api::records::{
     AnyRecord, ClientIpConfig, ClusterId, ExportProperties, HeadlessEndpoint, IpFamily, Kind,
-    ObjectName, Protocol, ServiceImport, ServiceImportType, ServicePort, SessionAffinity,
-    SessionAffinityConfig,
+    ObjectName, Protocol, ReadyPods, ServiceImport, ServiceImportType, ServicePort,
+    SessionAffinity, SessionAffinityConfig, TargetPort,
 };
 use causeway_api::source::{ClusterSource, ClusterState};
 use causeway_api::store::{RecordSet, Store, WatchEvent, sync_owned};
@@ -235,6 +235,9 @@ struct Described {
     cluster_ips: Vec<IpAddr>,
     /// Ready endpoints: pod address -> hostname.
     ready: BTreeMap<IpAddr, Option<String>>,
+    /// The pods' port behind each service port (by name and protocol, as
+    /// the slices say).
+    target_ports: Vec<TargetPort>,
     /// What the MCS ServiceImport takes from the Service and the export.
     properties: ExportProperties,
 }
@@ -347,6 +350,18 @@ fn describe(
     }
     // Clients of a headless service connect to the pods themselves, so
     // its SRV records carry the endpoints' ports where the slices say.
+    let target_ports = ports
+        .iter()
+        .filter_map(|p| {
+            slice_ports
+                .iter()
+                .find(|sp| sp.name == p.name && sp.protocol == p.protocol)
+                .map(|sp| TargetPort {
+                    service: p.clone(),
+                    target: sp.port,
+                })
+        })
+        .collect();
     if headless && !slice_ports.is_empty() {
         ports = slice_ports;
     }
@@ -360,6 +375,7 @@ fn describe(
         properties: properties(state, ns, name, &spec, &cluster_ips),
         cluster_ips,
         ready,
+        target_ports,
     })
 }
 
@@ -466,6 +482,7 @@ fn candidate(
         cluster_ips: Vec::new(),
         endpoints: Vec::new(),
         exported_at_ms,
+        pods: None,
         properties: Box::new(d.properties.clone()),
     })
 }
@@ -492,6 +509,14 @@ fn publish(
                 ));
             }
             record.cluster_ips = d.cluster_ips.clone();
+            if globalnet.is_none() {
+                // Pod addresses route between clusters without Globalnet:
+                // other clusters' slices list the pods themselves.
+                record.pods = Some(Box::new(ReadyPods {
+                    addresses: d.ready.keys().copied().collect(),
+                    ports: d.target_ports.clone(),
+                }));
+            }
             record.addresses = match globalnet {
                 None => d.cluster_ips.clone(),
                 Some(g) => match g.services.get(key).filter(|a| !a.is_empty()) {

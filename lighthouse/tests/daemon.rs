@@ -41,6 +41,7 @@ fn web(cluster: &str, global: &str, cluster_ip: &str) -> AnyRecord {
         cluster_ips: vec![cluster_ip.parse().unwrap()],
         endpoints: vec![],
         exported_at_ms: 0,
+        pods: None,
         properties: Default::default(),
     }
     .into()

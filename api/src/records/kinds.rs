@@ -203,6 +203,31 @@ pub struct HeadlessEndpoint {
     pub local_address: IpAddr,
 }
 
+/// The ready pods behind a ClusterSetIP export, published when Globalnet is
+/// off (other clusters route to pod addresses), so their MCS EndpointSlices
+/// can list the pods themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadyPods {
+    /// The ready pods' addresses.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// The port each service port reaches on the pods.
+    #[serde(default)]
+    pub ports: Vec<TargetPort>,
+}
+
+/// A service port and the pods' port behind it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetPort {
+    /// The service port.
+    #[serde(flatten)]
+    pub service: ServicePort,
+    /// The pods' port number.
+    pub target: u16,
+}
+
 /// One exported service of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -233,6 +258,10 @@ pub struct ServiceImport {
     /// oldest export takes precedence in a conflict, as the MCS API says.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub exported_at_ms: u64,
+    /// The ready pods of a ClusterSetIP export when Globalnet is off;
+    /// absent otherwise (and in records of older writers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<Box<ReadyPods>>,
     /// What the MCS ServiceImport takes from this export (session affinity,
     /// policies, IP families, exported labels and annotations); absent in
     /// records of older writers, which read as the defaults. Boxed: most

@@ -50,6 +50,7 @@ pub(crate) fn sample_import(cluster: &str, ns: &str, name: &str) -> ServiceImpor
         cluster_ips: vec![ip("10.96.0.10")],
         endpoints: vec![],
         exported_at_ms: 0,
+        pods: None,
         properties: Default::default(),
     }
 }

@@ -49,6 +49,7 @@ pub fn import(cluster: &str, name: &str) -> AnyRecord {
         cluster_ips: vec![ip("10.96.0.10")],
         endpoints: vec![],
         exported_at_ms: 0,
+        pods: None,
         properties: Default::default(),
     }
     .into()

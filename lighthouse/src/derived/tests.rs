@@ -41,6 +41,7 @@ fn export(cluster: &str, address: &str, at: u64) -> ServiceImport {
         cluster_ips: vec!["10.96.0.10".parse().unwrap()],
         endpoints: vec![],
         exported_at_ms: at,
+        pods: None,
         properties: Box::new(ExportProperties::default()),
     }
 }
@@ -166,6 +167,14 @@ fn slices_list_what_this_cluster_reaches_of_each_source() {
         address: "242.1.0.9".parse().unwrap(),
         local_address: "10.244.1.9".parse().unwrap(),
     }];
+    let mut pods_b = export("b", "10.96.0.10", 1);
+    pods_b.pods = Some(Box::new(causeway_api::records::ReadyPods {
+        addresses: vec!["10.245.1.5".parse().unwrap(), "10.245.1.6".parse().unwrap()],
+        ports: vec![causeway_api::records::TargetPort {
+            service: tcp("tcp", 42),
+            target: 8042,
+        }],
+    }));
     let cases: Vec<Case> = vec![
         (
             "a remote export is its global ingress IP on the import's ports",
@@ -238,6 +247,13 @@ fn slices_list_what_this_cluster_reaches_of_each_source() {
             &["b", "c"],
             state(&[], &[]),
             vec![("b", vec!["242.1.0.9"], both.clone())],
+        ),
+        (
+            "without Globalnet a remote export is its ready pods on their target ports",
+            vec![pods_b],
+            &["b"],
+            state(&[], &[]),
+            vec![("b", vec!["10.245.1.5", "10.245.1.6"], vec!["tcp/8042/TCP"])],
         ),
         (
             "no namespace, no derived objects",

@@ -364,6 +364,7 @@ fn import(cluster: &str, kind: ServiceImportType, ports: Vec<ServicePort>) -> Se
         },
         endpoints: vec![],
         exported_at_ms: 0,
+        pods: None,
         properties: Default::default(),
     }
 }
@@ -933,4 +934,23 @@ fn every_conflict_kind_reaches_the_condition_of_both_exports() {
         None,
     );
     assert_eq!(plan_a.status[&key()].conflict.reason, c.reason);
+}
+
+#[test]
+fn without_globalnet_a_clusterset_ip_record_lists_its_ready_pods() {
+    let yaml = format!("{EXPORT_WEB}---{WEB}---{WEB_READY}");
+    let plan = plan_exports(&id("a"), &state(&yaml), [], None);
+    let pods = plan.imports[&key()].pods.clone().expect("pods listed");
+    assert_eq!(pods.addresses, [ip("10.244.1.5")], "ready pods only");
+    assert_eq!(
+        pods.ports,
+        [causeway_api::records::TargetPort {
+            service: ServicePort {
+                name: Some("http".into()),
+                protocol: Protocol::Tcp,
+                port: 80,
+            },
+            target: 8080,
+        }]
+    );
 }

@@ -40,6 +40,7 @@ fn clusterset(cluster: &str, name: &str, global: &str, cluster_ip: &str) -> Serv
         cluster_ips: vec![ip(cluster_ip)],
         endpoints: vec![],
         exported_at_ms: 0,
+        pods: None,
         properties: Default::default(),
     }
 }
@@ -62,6 +63,7 @@ fn headless(cluster: &str, name: &str, endpoints: &[(Option<&str>, &str, &str)])
             })
             .collect(),
         exported_at_ms: 0,
+        pods: None,
         properties: Default::default(),
     }
 }

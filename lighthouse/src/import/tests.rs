@@ -36,6 +36,7 @@ fn export(cluster: &str, at: u64) -> ServiceImport {
         cluster_ips: vec!["10.96.0.10".parse().unwrap()],
         endpoints: vec![],
         exported_at_ms: at,
+        pods: None,
         properties: Box::new(ExportProperties {
             session_affinity: SessionAffinity::ClientIp,
             session_affinity_config: Some(SessionAffinityConfig {
