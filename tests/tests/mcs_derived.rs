@@ -135,3 +135,27 @@ fn an_import_gets_a_derived_service_and_a_slice_per_source_cluster() {
             .then_some(())
     });
 }
+
+#[test]
+fn without_globalnet_a_remote_slice_lists_the_pods_on_their_target_port() {
+    let lab = Lab::up("mcsdp", &["--distinct-cidrs"]);
+    lab.export("b", "default/web");
+    let docs = derived_where(&lab, "a", "b's slice", |s| {
+        s.len() == 1 && s[0].0 == "b" && !s[0].1.is_empty()
+    });
+    // b's own slice (its pods) is what a's slice of b lists.
+    let own = derived_where(&lab, "b", "b's own slice", |s| {
+        s.len() == 1 && !s[0].1.is_empty()
+    });
+    assert_eq!(slices(&docs)[0].1, slices(&own)[0].1, "b's pods");
+    for address in &slices(&docs)[0].1 {
+        assert!(
+            !address.starts_with("10.96.") && !address.starts_with("242."),
+            "a pod address, not a ClusterIP or global IP: {address}"
+        );
+    }
+    let slice = docs.iter().find(|d| d["kind"] == "EndpointSlice").unwrap();
+    assert_eq!(slice["ports"][0]["port"], 8080, "the pods' port");
+    let service = &docs[0];
+    assert_eq!(service["spec"]["ports"][0]["port"], 80, "the import's port");
+}
