@@ -159,3 +159,32 @@ fn without_globalnet_a_remote_slice_lists_the_pods_on_their_target_port() {
     let service = &docs[0];
     assert_eq!(service["spec"]["ports"][0]["port"], 80, "the import's port");
 }
+
+/// The ClusterSetIP of default/web in `cluster`'s import, once the lab
+/// allocated its derived Service one.
+fn cluster_set_ip(lab: &Lab, cluster: &str) -> String {
+    within(
+        20,
+        &format!("{cluster}'s import has its ClusterSetIP"),
+        || {
+            let path = manifests(lab, cluster).join("causeway-imports/default.web.yaml");
+            let v: Value = serde_yaml::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+            v["spec"]["ips"][0].as_str().map(str::to_owned)
+        },
+    )
+}
+
+#[test]
+fn a_pod_reaches_a_remote_export_through_the_cluster_set_ip() {
+    let lab = Lab::up("mcsdt", &[]);
+    lab.export("b", "default/web");
+    let ip = cluster_set_ip(&lab, "a");
+    assert!(ip.starts_with("10.96."), "from a's service CIDR: {ip}");
+    // The derived Service shows the same address.
+    let docs = derived_where(&lab, "a", "b's slice", |s| s.len() == 1);
+    assert_eq!(docs[0]["spec"]["clusterIP"], ip.as_str());
+    for _ in 0..5 {
+        let reply = lab.echo_eventually("a/client-0", &format!("http://{ip}/"));
+        assert_eq!(reply["cluster"], "b", "{reply}");
+    }
+}
