@@ -103,7 +103,8 @@ fn cluster(pod_ip: &'static str, cluster_ip: &'static str, start: bool) -> FakeK
             std::sync::Arc::new(move |pod: &mut Value| {
                 match pod["metadata"]["labels"]["causeway.io/verify-role"].as_str() {
                     Some("echo") => {
-                        pod["status"] = json!({"phase": "Running", "podIP": pod_ip});
+                        pod["status"] = json!({"phase": "Running", "podIP": pod_ip,
+                        "conditions": [{"type": "Ready", "status": "True"}]});
                         pod["spec"]["nodeName"] = json!("worker-1");
                     }
                     _ => {
@@ -396,7 +397,7 @@ async fn a_server_that_never_starts_is_an_error_within_the_timeout() {
     .expect_err("never runs");
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("cwv-abc123-a-echo in cluster a did not run"),
+        msg.contains("cwv-abc123-a-echo in cluster a did not become ready"),
         "{msg}"
     );
     assert!(msg.contains("registry.test/causeway:1"), "{msg}");

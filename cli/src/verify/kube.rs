@@ -453,6 +453,9 @@ pub fn server_objects(
                          "--listen", format!("0.0.0.0:{ECHO_PORT}")],
                 "ports": [{"containerPort": ECHO_PORT, "name": "http"}],
                 "readinessProbe": {"tcpSocket": {"port": ECHO_PORT}, "periodSeconds": 1},
+                "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]},
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
             }],
         },
     }))
@@ -504,6 +507,9 @@ pub fn client_pod(s: &Settings, c: &ClientPlan, script: &str) -> Result<Pod> {
             "name": "probe",
             "image": s.image,
             "command": ["bash", "-c", script],
+            "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]},
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
         }],
     });
     match c.role {
@@ -738,7 +744,12 @@ fn pod_state(pod: &Pod) -> String {
         })
         .map(|c| format!(": unschedulable: {}", c.message.clone().unwrap_or_default()))
         .unwrap_or_default();
-    format!("{phase}{waiting}{unscheduled}")
+    let unready = if phase == "Running" && !ready(pod) {
+        " (not Ready: the echo server does not accept connections on its port)"
+    } else {
+        ""
+    };
+    format!("{phase}{unready}{waiting}{unscheduled}")
 }
 
 /// Reads `name` every `poll` until `done` says so, at most `timeout`.
@@ -772,6 +783,13 @@ async fn wait_pod<A: MemberApi>(
         timeout.as_secs(),
         s.image
     )
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn phase(pod: &Pod) -> Option<&str> {
@@ -855,10 +873,20 @@ async fn run_checks<A: MemberApi>(members: &[(String, A)], s: &Settings) -> Resu
     let mut seen = BTreeMap::new();
     for sp in &plan.servers {
         let api = api_of(&sp.cluster)?;
-        let pod = wait_pod(api, s, &sp.cluster, &sp.pod, "run", s.timeout, |p| {
-            phase(p) == Some("Running")
-                && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
-        })
+        // Ready: a headless Service publishes ready endpoints only.
+        let pod = wait_pod(
+            api,
+            s,
+            &sp.cluster,
+            &sp.pod,
+            "become ready",
+            s.timeout,
+            |p| {
+                phase(p) == Some("Running")
+                    && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
+                    && ready(p)
+            },
+        )
         .await?;
         let cluster_ip = api
             .service(ns, &sp.service)

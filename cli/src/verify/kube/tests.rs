@@ -1,4 +1,5 @@
 use super::*;
+use serde_json::Value;
 
 fn clusters(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|s| s.to_string()).collect()
@@ -458,4 +459,42 @@ async fn the_client_script_probes_and_prints_one_line_each() {
         "{}",
         results[3].detail
     );
+}
+
+#[test]
+fn a_pod_that_is_not_ready_says_why() {
+    let pod = |status: Value| -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+    };
+    let cases = [
+        (json!({}), false, "Pending"),
+        (
+            json!({"phase": "Pending", "containerStatuses": [{"name": "echo", "image": "i", "imageID": "",
+                "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}}]}),
+            false,
+            "Pending: ImagePullBackOff no such image",
+        ),
+        (
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                "message": "0/3 nodes match node selector"}]}),
+            false,
+            "Pending: unschedulable: 0/3 nodes match node selector",
+        ),
+        (
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}),
+            false,
+            "Running (not Ready: the echo server does not accept connections on its port)",
+        ),
+        (
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+            true,
+            "Running",
+        ),
+    ];
+    for (status, want_ready, want_state) in cases {
+        let p = pod(status);
+        assert_eq!(ready(&p), want_ready, "{want_state}");
+        assert_eq!(pod_state(&p), want_state);
+    }
 }
