@@ -174,17 +174,26 @@ fn cluster_set_ip(lab: &Lab, cluster: &str) -> String {
     )
 }
 
-#[test]
-fn a_pod_reaches_a_remote_export_through_the_cluster_set_ip() {
-    let lab = Lab::up("mcsdt", &[]);
+/// From a/client-0, `http://<ClusterSetIP>/` answers from b.
+fn reaches_b_through_the_cluster_set_ip(lab: &Lab) {
     lab.export("b", "default/web");
-    let ip = cluster_set_ip(&lab, "a");
+    let ip = cluster_set_ip(lab, "a");
     assert!(ip.starts_with("10.96."), "from a's service CIDR: {ip}");
     // The derived Service shows the same address.
-    let docs = derived_where(&lab, "a", "b's slice", |s| s.len() == 1);
+    let docs = derived_where(lab, "a", "b's slice", |s| s.len() == 1);
     assert_eq!(docs[0]["spec"]["clusterIP"], ip.as_str());
     for _ in 0..5 {
         let reply = lab.echo_eventually("a/client-0", &format!("http://{ip}/"));
         assert_eq!(reply["cluster"], "b", "{reply}");
     }
+}
+
+#[test]
+fn a_pod_reaches_a_remote_export_through_the_cluster_set_ip() {
+    reaches_b_through_the_cluster_set_ip(&Lab::up("mcsdt", &[]));
+}
+
+#[test]
+fn a_pod_reaches_a_remote_export_through_the_cluster_set_ip_without_globalnet() {
+    reaches_b_through_the_cluster_set_ip(&Lab::up("mcsdu", &["--distinct-cidrs"]));
 }
