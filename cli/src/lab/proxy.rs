@@ -9,6 +9,9 @@
 //! `dstnat - 20`, before this table's `dstnat` chains, so a connection that
 //! Globalnet translated never reaches them.
 //!
+//! When an endpoint leaves a UDP Service, the UDP flows DNATed to it are
+//! deleted, as kube-proxy deletes them.
+//!
 //! The proxy given `--allocate-from` (the lab starts node-0's with it, so a
 //! cluster has exactly one) also plays the API server's ClusterIP allocator
 //! ([`allocate`]): it lives beside the one watcher of the directory that
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use causeway_api::source::{ClusterSource, ClusterState, ManifestDirSource};
+use causeway_globalnet::conntrack::Conntrack;
 use causeway_globalnet::nft::{Applier, Family, NftCli};
 use ipnet::Ipv4Net;
 use tokio::signal::unix::{SignalKind, signal};
@@ -87,6 +91,8 @@ async fn run(args: ProxyArgs) -> Result<()> {
     let mut resync = tokio::time::interval(RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry_at: Option<tokio::time::Instant> = None;
+    // What the table was last brought to (UDP flows follow its endpoints).
+    let mut programmed: Vec<plan::ServicePort> = Vec::new();
     tracing::info!(
         manifests = %args.manifests.display(),
         cluster_cidr = %args.cluster_cidr,
@@ -122,18 +128,32 @@ async fn run(args: ProxyArgs) -> Result<()> {
         {
             tracing::warn!(error = %format!("{e:#}"), "could not allocate ClusterIPs");
         }
-        let table = plan::plan(&plan::service_ports(&snapshot), args.cluster_cidr);
+        let ports = plan::service_ports(&snapshot);
+        let table = plan::plan(&ports, args.cluster_cidr);
+        let departed = plan::departed_udp(&programmed, &ports);
         let a = applier.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            if full {
+            let out = if full {
                 a.reconcile(&table)
             } else {
                 a.reconcile_incremental(table)
+            };
+            if out.is_ok() {
+                for (cluster_ip, endpoint) in departed {
+                    if let Err(e) = Conntrack::new().delete_udp_to_endpoint(endpoint, Some(cluster_ip))
+                    {
+                        tracing::warn!(%endpoint, error = %e, "could not drop UDP flows to a departed endpoint");
+                    }
+                }
             }
+            out
         })
         .await?;
         match outcome {
-            Ok(_) => retry_at = None,
+            Ok(_) => {
+                retry_at = None;
+                programmed = ports;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not program the service proxy's table; retrying");
                 retry_at = Some(tokio::time::Instant::now() + RETRY);

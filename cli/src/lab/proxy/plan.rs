@@ -207,6 +207,28 @@ pub fn service_ports(state: &ClusterState) -> Vec<ServicePort> {
     out
 }
 
+/// The UDP flows to drop when `before` becomes `after`, as kube-proxy
+/// drops them: `(ClusterIP, endpoint address)` for every endpoint that left
+/// a UDP Service port (UDP has no connection end that would stop a client
+/// sending to an endpoint that is gone).
+pub fn departed_udp(
+    before: &[ServicePort],
+    after: &[ServicePort],
+) -> BTreeSet<(Ipv4Addr, Ipv4Addr)> {
+    let key = |p: &ServicePort| (p.cluster_ip, p.protocol, p.port);
+    let now: BTreeMap<_, &BTreeSet<SocketAddrV4>> =
+        after.iter().map(|p| (key(p), &p.endpoints)).collect();
+    let mut out = BTreeSet::new();
+    for p in before.iter().filter(|p| p.protocol == Protocol::Udp) {
+        for ep in &p.endpoints {
+            if !now.get(&key(p)).is_some_and(|eps| eps.contains(ep)) {
+                out.insert((p.cluster_ip, *ep.ip()));
+            }
+        }
+    }
+    out
+}
+
 fn meta_mark() -> Expr {
     Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark }))
 }

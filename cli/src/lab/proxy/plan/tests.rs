@@ -345,3 +345,50 @@ fn golden_rendered_table() {
         path.display()
     );
 }
+
+#[test]
+fn departed_udp_endpoints_table() {
+    let udp = |eps: &[&str]| {
+        let mut p = port("dns", "10.96.0.53", None, eps);
+        p.protocol = Protocol::Udp;
+        p
+    };
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    /// What, before, after, and the `(ClusterIP, endpoint)` flows to drop.
+    type Case = (
+        &'static str,
+        Vec<ServicePort>,
+        Vec<ServicePort>,
+        Vec<(&'static str, &'static str)>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "nothing changed",
+            vec![udp(&["10.244.1.5:53"])],
+            vec![udp(&["10.244.1.5:53"])],
+            vec![],
+        ),
+        (
+            "an endpoint left",
+            vec![udp(&["10.244.1.5:53", "10.244.2.5:53"])],
+            vec![udp(&["10.244.2.5:53"])],
+            vec![("10.96.0.53", "10.244.1.5")],
+        ),
+        (
+            "the Service went",
+            vec![udp(&["10.244.1.5:53"])],
+            vec![],
+            vec![("10.96.0.53", "10.244.1.5")],
+        ),
+        (
+            "TCP endpoints are left to TCP",
+            vec![port("web", "10.96.0.10", None, &["10.244.1.5:8080"])],
+            vec![],
+            vec![],
+        ),
+    ];
+    for (what, before, after, want) in cases {
+        let want: BTreeSet<_> = want.into_iter().map(|(c, e)| (ip(c), ip(e))).collect();
+        assert_eq!(departed_udp(&before, &after), want, "{what}");
+    }
+}
