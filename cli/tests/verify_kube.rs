@@ -24,6 +24,7 @@ const NS: &str = "causeway-verify";
 type Answers = BTreeMap<String, (String, String)>;
 
 /// [`KubeMember`] with logs made up from the client's script.
+#[derive(Clone)]
 struct Member {
     fake: FakeKube,
     real: KubeMember,
@@ -403,5 +404,35 @@ async fn a_server_that_never_starts_is_an_error_within_the_timeout() {
     assert!(msg.contains("registry.test/causeway:1"), "{msg}");
     for fake in [&a, &b] {
         assert_eq!(leftovers(fake), Vec::<String>::new());
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_run_still_deletes_everything() {
+    let a = cluster("10.244.1.5", "10.96.0.20", false);
+    let b = cluster("10.244.1.6", "10.96.0.30", false);
+    let members = vec![
+        ("a".to_string(), member(&a, &Answers::new())),
+        ("b".to_string(), member(&b, &Answers::new())),
+    ];
+    let mut s = settings();
+    s.timeout = Duration::from_secs(20);
+    // The caller gives up while verify waits for its echo servers.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        run(&members, &s, std::future::pending()),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    assert!(!leftovers(&a).is_empty(), "the run had created objects");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline
+        && !(leftovers(&a).is_empty() && leftovers(&b).is_empty())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for fake in [&a, &b] {
+        assert_eq!(leftovers(fake), Vec::<String>::new());
+        foreign_pods_survive(fake);
     }
 }

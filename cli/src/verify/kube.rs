@@ -797,8 +797,10 @@ fn phase(pod: &Pod) -> Option<&str> {
 }
 
 /// Runs the checks and deletes what it created, whatever happens (an
-/// error, a panic, or `interrupt` resolving first: Ctrl-C).
-pub async fn run<A: MemberApi>(
+/// error, a panic, or `interrupt` resolving first: Ctrl-C). If the returned
+/// future is dropped before it ends, a guard starts the cleanup on the
+/// runtime.
+pub async fn run<A: MemberApi + Clone + Send + 'static>(
     members: &[(String, A)],
     s: &Settings,
     interrupt: impl Future<Output = ()>,
@@ -808,6 +810,11 @@ pub async fn run<A: MemberApi>(
             "verify checks pairs of clusters: give --kubeconfig ID=FILE for two clusters or more"
         );
     }
+    let mut guard = CleanupGuard {
+        members: members.to_vec(),
+        settings: s.clone(),
+        armed: true,
+    };
     let outcome = tokio::select! {
         r = std::panic::AssertUnwindSafe(run_checks(members, s)).catch_unwind() => match r {
             Ok(r) => r,
@@ -816,11 +823,46 @@ pub async fn run<A: MemberApi>(
         () = interrupt => Err(anyhow!("interrupted")),
     };
     let cleaned = cleanup(members, s).await;
+    guard.armed = false;
     match (outcome, cleaned) {
         (Ok(report), Ok(())) => Ok(report),
         (Err(e), Ok(())) => Err(e),
         (Ok(_), Err(c)) => Err(c),
         (Err(e), Err(c)) => Err(e.context(format!("and cleaning up failed too: {c:#}"))),
+    }
+}
+
+/// Deletes a run's objects when [`run`] is dropped before its own cleanup
+/// has finished (a caller's timeout, say).
+struct CleanupGuard<A: MemberApi + Clone + Send + 'static> {
+    members: Vec<(String, A)>,
+    settings: Settings,
+    armed: bool,
+}
+
+impl<A: MemberApi + Clone + Send + 'static> Drop for CleanupGuard<A> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (members, s) = (std::mem::take(&mut self.members), self.settings.clone());
+        let hint = format!(
+            "kubectl delete pods,services,serviceexports -n {} -l {}",
+            s.namespace,
+            s.selector()
+        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = cleanup(&members, &s).await {
+                        tracing::warn!(error = %format!("{e:#}"), "verify was stopped and could not clean up");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%hint, "verify was stopped before it cleaned up; delete its objects by hand")
+            }
+        }
     }
 }
 
