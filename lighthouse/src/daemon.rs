@@ -26,6 +26,7 @@ pub struct DnsDaemon {
     store: Arc<dyn Store>,
     local: ClusterId,
     index: IndexHandle,
+    state: Option<tokio::sync::watch::Receiver<Arc<causeway_api::source::ClusterState>>>,
 }
 
 impl DnsDaemon {
@@ -45,7 +46,19 @@ impl DnsDaemon {
             store,
             local,
             index,
+            state: None,
         })
+    }
+
+    /// Answers ClusterSetIP imports with the `spec.ips` of the MCS
+    /// ServiceImports `state` (the cluster source) shows, in
+    /// `--answer clusterset-ip` mode.
+    pub fn with_cluster_state(
+        mut self,
+        state: tokio::sync::watch::Receiver<Arc<causeway_api::source::ClusterState>>,
+    ) -> Self {
+        self.state = Some(state);
+        self
     }
 
     /// The UDP address bound.
@@ -73,6 +86,7 @@ impl DnsDaemon {
             self.index,
             feed_cancel.clone(),
             Some(synced_tx),
+            self.state,
         ));
         tokio::select! {
             _ = cancel.cancelled() => {}

@@ -16,11 +16,19 @@
 //!   ([`crate::export::precedence`]); exports of the other type are not
 //!   answered.
 //!
+//! The ClusterSetIP of an import is the ClusterIP of its derived Service
+//! in this cluster ([`crate::derived`]): the MCS ServiceImport's
+//! `spec.ips`, read from the cluster source when the feed is given one
+//! ([`cluster_set_ips`], [`apply_cluster_set_ips`]); without, the index has
+//! none and `--answer clusterset-ip` answers per cluster.
+//!
 //! [`run_feed`] keeps an [`IndexHandle`] current from two watches. A
 //! snapshot rebuilds the index; puts and deletes edit it in place, batched,
 //! one publication per batch. While the store is unreachable the watch
 //! retries inside the store and the last index stands.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +36,11 @@ use causeway_api::records::{
     AnyRecord, ClusterId as ApiClusterId, ConnectionState, Kind, RecordKey, ServiceImport,
     ServiceImportType,
 };
+use causeway_api::source::ClusterState;
 use causeway_api::store::{RecordSet, Revision, Store, WatchEvent};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -154,6 +163,40 @@ pub fn build_index<'a>(
     Ok(index)
 }
 
+/// The ClusterSetIPs (`spec.ips`) of the cluster's MCS ServiceImports, by
+/// service; imports without any are left out.
+pub fn cluster_set_ips(state: &ClusterState) -> BTreeMap<ServiceKey, Vec<IpAddr>> {
+    state
+        .service_imports
+        .iter()
+        .filter_map(|((ns, name), import)| {
+            let ips: Vec<IpAddr> = import
+                .spec
+                .ips
+                .iter()
+                .filter_map(|ip| ip.parse().ok())
+                .collect();
+            let key = ServiceKey::new(ns, name).ok()?;
+            (!ips.is_empty()).then_some((key, ips))
+        })
+        .collect()
+}
+
+/// Gives every imported service of `index` its ClusterSetIPs from `ips`
+/// (none when absent); services already right are left alone.
+pub fn apply_cluster_set_ips(index: &mut Index, ips: &BTreeMap<ServiceKey, Vec<IpAddr>>) {
+    let changes: Vec<(ServiceKey, Vec<IpAddr>)> = index
+        .services()
+        .filter_map(|(key, service)| {
+            let want = ips.get(key).cloned().unwrap_or_default();
+            (service.cluster_set_ips != want).then(|| (key.clone(), want))
+        })
+        .collect();
+    for (key, want) in changes {
+        index.set_cluster_set_ips(&key, want);
+    }
+}
+
 /// Applies one put or delete to `index` (a snapshot is handled by
 /// [`build_index`]; here it is ignored).
 pub fn apply_change(
@@ -215,7 +258,19 @@ pub async fn run_feed(
     handle: IndexHandle,
     cancel: CancellationToken,
 ) {
-    feed(store, local, handle, cancel, None).await;
+    feed(store, local, handle, cancel, None, None).await;
+}
+
+/// As [`run_feed`], and the ClusterSetIPs of the MCS ServiceImports that
+/// `state` (the cluster source) shows.
+pub async fn run_feed_with_source(
+    store: Arc<dyn Store>,
+    local: ApiClusterId,
+    handle: IndexHandle,
+    state: watch::Receiver<Arc<ClusterState>>,
+    cancel: CancellationToken,
+) {
+    feed(store, local, handle, cancel, None, Some(state)).await;
 }
 
 /// Which of the feed's two watches an event came from.
@@ -256,7 +311,11 @@ pub(crate) async fn feed(
     handle: IndexHandle,
     cancel: CancellationToken,
     mut synced: Option<oneshot::Sender<()>>,
+    mut state: Option<watch::Receiver<Arc<ClusterState>>>,
 ) {
+    let ips_now = |state: &Option<watch::Receiver<Arc<ClusterState>>>| {
+        state.as_ref().map(|rx| cluster_set_ips(&rx.borrow()))
+    };
     match dns_cluster(&local) {
         Ok(id) if handle.load().local() != Some(&id) => handle.update(|i| i.set_local(id.clone())),
         Ok(_) => {}
@@ -269,6 +328,23 @@ pub(crate) async fn feed(
             _ = cancel.cancelled() => break,
             ev = imports.stream.next() => (Watched::Imports, ev),
             ev = statuses.stream.next() => (Watched::Statuses, ev),
+            changed = async {
+                match state.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match changed {
+                    Ok(()) => {
+                        if let Some(ips) = ips_now(&state) {
+                            handle.update(|index| apply_cluster_set_ips(index, &ips));
+                        }
+                    }
+                    // The source stopped: its last ClusterSetIPs stand.
+                    Err(_) => state = None,
+                }
+                continue;
+            }
         };
         let watch = if what == Watched::Imports {
             &mut imports
@@ -301,7 +377,10 @@ pub(crate) async fn feed(
         if snapshot {
             // Rebuild from both sets, keeping what the other watch knows.
             match build_index(&local, imports.set.iter().chain(statuses.set.iter())) {
-                Ok(index) => {
+                Ok(mut index) => {
+                    if let Some(ips) = ips_now(&state) {
+                        apply_cluster_set_ips(&mut index, &ips);
+                    }
                     info!(
                         services = index.services().count(),
                         kind = ?what,
@@ -312,11 +391,15 @@ pub(crate) async fn feed(
                 Err(error) => warn!(%error, "rebuild DNS index"),
             }
         } else {
+            let ips = ips_now(&state);
             handle.update(|index| {
                 for ev in &batch {
                     if let Err(error) = apply_change(index, &local, ev) {
                         warn!(%error, "skip a record the DNS index cannot hold");
                     }
+                }
+                if let Some(ips) = &ips {
+                    apply_cluster_set_ips(index, ips);
                 }
             });
             debug!(events = batch.len(), kind = ?what, "DNS index updated");

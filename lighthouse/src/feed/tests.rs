@@ -321,6 +321,7 @@ async fn the_feed_follows_the_store_and_keeps_the_last_index_when_it_is_down() {
         handle.clone(),
         cancel.clone(),
         Some(tx),
+        None,
     ));
     tokio::time::timeout(Duration::from_secs(2), rx)
         .await
@@ -374,4 +375,72 @@ async fn the_feed_follows_the_store_and_keeps_the_last_index_when_it_is_down() {
         .await
         .expect("feed stops on cancel")
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_feed_takes_cluster_set_ips_from_the_cluster_source() {
+    use causeway_api::mcs;
+    use causeway_api::source::{ClusterSource, FakeClusterSource};
+
+    let store = FakeStore::new();
+    let web = key("default", "web");
+    store
+        .put(&clusterset("b", "web", "242.1.0.10", "10.96.0.10").into())
+        .await
+        .unwrap();
+    let source = FakeClusterSource::new();
+    let handle = IndexHandle::default();
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    tokio::spawn(run_feed_with_source(
+        Arc::new(store.clone()),
+        id("a"),
+        handle.clone(),
+        source.state(),
+        cancel.clone(),
+    ));
+    eventually(&handle, "web imported", |i| i.service(&web).is_some()).await;
+    assert!(
+        handle
+            .load()
+            .service(&web)
+            .unwrap()
+            .cluster_set_ips
+            .is_empty()
+    );
+    // The derived Service got its ClusterIP: the import shows it.
+    let mut import = mcs::ServiceImport::new(
+        "web",
+        mcs::ServiceImportSpec {
+            type_: "ClusterSetIP".into(),
+            ips: vec!["10.96.7.7".into()],
+            ..mcs::ServiceImportSpec::default()
+        },
+    );
+    import.metadata.namespace = Some("default".into());
+    source.update(|s| {
+        s.synced = true;
+        s.service_imports
+            .insert(("default".into(), "web".into()), import);
+    });
+    eventually(&handle, "ClusterSetIP set", |i| {
+        i.service(&web).unwrap().cluster_set_ips == [ip("10.96.7.7")]
+    })
+    .await;
+    // A store change keeps it.
+    store
+        .put(&status("a", "b", ConnectionState::Connected).into())
+        .await
+        .unwrap();
+    eventually(&handle, "b reachable", |i| i.is_reachable(&dns("b"))).await;
+    assert_eq!(
+        handle.load().service(&web).unwrap().cluster_set_ips,
+        [ip("10.96.7.7")]
+    );
+    // The import loses its ips: so does the index.
+    source.update(|s| s.service_imports.clear());
+    eventually(&handle, "ClusterSetIP gone", |i| {
+        i.service(&web).unwrap().cluster_set_ips.is_empty()
+    })
+    .await;
 }
