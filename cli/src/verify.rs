@@ -9,7 +9,8 @@
 //! Pods of another cluster are reachable one by one only through a headless
 //! export (Globalnet gives each endpoint a global IP), so verify exports a
 //! short-lived headless `cw-verify-CLUSTER` over each cluster's web pods and
-//! removes it at the end, as it would start short-lived pods on Kubernetes.
+//! removes it at the end. On Kubernetes ([`kube`], `--kubeconfig`) verify
+//! starts short-lived echo and client pods instead and removes them.
 
 pub mod kube;
 pub mod labkit;
