@@ -141,6 +141,34 @@ fn cluster_ip_balances_hairpins_and_follows_its_endpoint_slice() {
     let names = pod_names(&answers(&lab, "a/client-0", url, 20));
     assert!(names.iter().any(|n| n == "web-0"), "{names:?}");
 
+    // A Service without endpoints is refused at once, as kube-proxy refuses it.
+    lab.write_manifest(
+        "a",
+        "service-default-idle.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: idle, namespace: default}
+spec:
+  clusterIP: 10.96.0.99
+  ports: [{name: http, protocol: TCP, port: 80}]
+",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = lab.exec(
+            "a/client-0",
+            &["curl", "-sS", "--max-time", "2", "http://10.96.0.99/"],
+        );
+        if out.status.code() == Some(7) {
+            break; // connection refused
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a Service without endpoints is not refused: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Causeway's own tables are untouched by the proxy, and its table is there.
     let tables = ok(
         lab.exec("a/node-0", &["nft", "list", "tables"]),

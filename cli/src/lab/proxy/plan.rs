@@ -19,8 +19,17 @@
 //! }
 //! ```
 //!
-//! A Service with no ready endpoint is left out of `service-ips`. Chain and
-//! set names carry the port's name (its number when unnamed).
+//! A Service port with no ready endpoint is in `no-endpoint-services`
+//! instead, whose traffic the filter chains reject, as kube-proxy does:
+//!
+//! ```text
+//! chain filter-forward { type filter hook forward priority -10; jump service-endpoints-check }
+//! chain filter-output  { type filter hook output priority -10; jump service-endpoints-check }
+//! chain service-endpoints-check { ip daddr . meta l4proto . th dport vmap @no-endpoint-services }
+//! chain reject-chain { reject }
+//! ```
+//!
+//! Chain and set names carry the port's name (its number when unnamed).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -47,6 +56,10 @@ pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
 /// The verdict map from `ClusterIP . protocol . port` to a service chain.
 pub const SERVICE_IPS: &str = "service-ips";
+/// The verdict map of Service ports without endpoints, to `reject-chain`.
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+/// The filter chains' priority (kube-proxy's `filter - 10`).
+const FILTER_PRIORITY: i32 = priority::FILTER - 10;
 
 /// A transport protocol of a Service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -327,21 +340,46 @@ pub fn plan(ports: &[ServicePort], cluster_cidr: Ipv4Net) -> Table {
             Rule::new(vec![masquerade()]),
         ]),
     );
-    let mut service_ips = Set::map(
-        vec![
-            DataType::Ipv4Addr,
-            DataType::InetProto,
-            DataType::InetService,
-        ],
-        vec![DataType::Verdict],
+    let filter = |hook| BaseChain::new(ChainType::Filter, hook, FILTER_PRIORITY);
+    for (name, hook) in [
+        ("filter-forward", Hook::Forward),
+        ("filter-output", Hook::Output),
+    ] {
+        t.chains.insert(
+            name.into(),
+            Chain::base(
+                filter(hook),
+                vec![Rule::new(vec![jump("service-endpoints-check")])],
+            ),
+        );
+    }
+    t.chains.insert(
+        "service-endpoints-check".into(),
+        Chain::regular(vec![Rule::new(vec![vmap(
+            concat(vec![ip_daddr(), meta_l4proto(), th_dport()]),
+            set_ref(NO_ENDPOINT_SERVICES),
+        )])]),
     );
+    t.chains.insert(
+        "reject-chain".into(),
+        Chain::regular(vec![Rule::new(vec![Statement::Reject(None)])]),
+    );
+    let verdict_map = || {
+        Set::map(
+            vec![
+                DataType::Ipv4Addr,
+                DataType::InetProto,
+                DataType::InetService,
+            ],
+            vec![DataType::Verdict],
+        )
+    };
+    let mut service_ips = verdict_map();
+    let mut no_endpoints = verdict_map();
     // One entry per ClusterIP . protocol . port: the first Service (in
     // namespace/name order) that claims it wins, as with a duplicate IP.
     let mut claimed = BTreeMap::new();
     for sp in ports {
-        if sp.endpoints.is_empty() {
-            continue;
-        }
         let key = Value::Concat(vec![
             Value::Addr(sp.cluster_ip),
             Value::Str(sp.protocol.as_str().into()),
@@ -351,6 +389,10 @@ pub fn plan(ports: &[ServicePort], cluster_cidr: Ipv4Net) -> Table {
             continue;
         }
         claimed.insert(key.clone(), ());
+        if sp.endpoints.is_empty() {
+            no_endpoints.insert_map(key, Verdict::Goto("reject-chain".into()));
+            continue;
+        }
         service_ips.insert_map(key, Verdict::Goto(sp.chain()));
         let proto = || match_eq(meta_l4proto(), string(sp.protocol.as_str()));
         let mut rules = vec![Rule::new(vec![
@@ -400,6 +442,7 @@ pub fn plan(ports: &[ServicePort], cluster_cidr: Ipv4Net) -> Table {
         }
     }
     t.sets.insert(SERVICE_IPS.into(), service_ips);
+    t.sets.insert(NO_ENDPOINT_SERVICES.into(), no_endpoints);
     t
 }
 

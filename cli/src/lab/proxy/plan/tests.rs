@@ -195,10 +195,15 @@ fn plan_table() {
         what: &'static str,
         ports: Vec<ServicePort>,
         map: usize,
+        rejected: usize,
         chains: Vec<&'static str>,
         sets: usize,
     }
     let fixed = [
+        "filter-forward",
+        "filter-output",
+        "reject-chain",
+        "service-endpoints-check",
         "mark-for-masquerade",
         "masquerading",
         "nat-output",
@@ -211,15 +216,17 @@ fn plan_table() {
             what: "nothing: only the fixed chains and an empty map",
             ports: vec![],
             map: 0,
+            rejected: 0,
             chains: vec![],
-            sets: 1,
+            sets: 2,
         },
         Case {
-            what: "a Service without endpoints is not in the map",
+            what: "a Service without endpoints is rejected, not balanced",
             ports: vec![port("web", "10.96.0.10", None, &[])],
             map: 0,
+            rejected: 1,
             chains: vec![],
-            sets: 1,
+            sets: 2,
         },
         Case {
             what: "one chain per Service port and per endpoint",
@@ -230,12 +237,13 @@ fn plan_table() {
                 &["10.244.1.5:8080", "10.244.2.5:8080"],
             )],
             map: 1,
+            rejected: 0,
             chains: vec![
                 "endpoint-default/web/tcp/http__10.244.1.5/8080",
                 "endpoint-default/web/tcp/http__10.244.2.5/8080",
                 "service-default/web/tcp/http",
             ],
-            sets: 1,
+            sets: 2,
         },
         Case {
             what: "affinity adds a timeout set per endpoint",
@@ -246,12 +254,13 @@ fn plan_table() {
                 &["10.244.1.5:8080", "10.244.2.5:8080"],
             )],
             map: 1,
+            rejected: 0,
             chains: vec![
                 "endpoint-default/web/tcp/http__10.244.1.5/8080",
                 "endpoint-default/web/tcp/http__10.244.2.5/8080",
                 "service-default/web/tcp/http",
             ],
-            sets: 3,
+            sets: 4,
         },
         Case {
             what: "a duplicate ClusterIP: the first Service keeps it",
@@ -260,17 +269,24 @@ fn plan_table() {
                 port("b", "10.96.0.10", None, &["10.244.2.5:8080"]),
             ],
             map: 1,
+            rejected: 0,
             chains: vec![
                 "endpoint-default/a/tcp/http__10.244.1.5/8080",
                 "service-default/a/tcp/http",
             ],
-            sets: 1,
+            sets: 2,
         },
     ];
     for c in cases {
         let t = plan(&c.ports, cidr());
         assert_eq!(t.name, TABLE, "{}", c.what);
         assert_eq!(t.sets[SERVICE_IPS].elements.len(), c.map, "{}", c.what);
+        assert_eq!(
+            t.sets[NO_ENDPOINT_SERVICES].elements.len(),
+            c.rejected,
+            "{}",
+            c.what
+        );
         let mut want: Vec<&str> = fixed.iter().copied().chain(c.chains).collect();
         want.sort();
         let got: Vec<&str> = t.chains.keys().map(String::as_str).collect();
@@ -330,6 +346,7 @@ fn golden_rendered_table() {
             &["10.244.1.5:8080", "10.244.2.5:8080"],
         ),
         port("sticky", "10.96.1.0", Some(10), &["10.244.1.6:8080"]),
+        port("idle", "10.96.1.1", None, &[]),
     ];
     let text = render_pretty(&diff(&plan(&ports, cidr()), None));
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
