@@ -18,7 +18,7 @@
 //!
 //! Strict ports: a cluster's slice lists only the import's ports that the
 //! cluster exports with the same name, number and protocol. A peer that is
-//! not `connected`, or whose record is gone (no ready endpoint), has no
+//! not `connected`, or whose export has no ready endpoint, has no
 //! slice; it comes back when it recovers. Each source cluster is one slice
 //! and every endpoint one backend, so a service proxy that balances over
 //! endpoints weighs clusters by how many endpoints they list (one per
@@ -252,7 +252,7 @@ pub fn plan_derived<'a>(
             }
             let (backends, ports): (BTreeSet<Backend>, Vec<SlicePort>) = if r.cluster == *local {
                 local_backends(state, r, &merged.ports)
-            } else if !connected.contains(&r.cluster) {
+            } else if !connected.contains(&r.cluster) || r.unready {
                 continue;
             } else if let Some(pods) = r.pods.as_ref().filter(|_| r.kind == merged.kind) {
                 // Without Globalnet: the pods themselves, on their ports.

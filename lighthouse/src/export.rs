@@ -483,6 +483,7 @@ fn candidate(
         endpoints: Vec::new(),
         exported_at_ms,
         pods: None,
+        unready: false,
         properties: Box::new(d.properties.clone()),
     })
 }
@@ -500,14 +501,10 @@ fn publish(
             if d.cluster_ips.is_empty() {
                 return Err(("Pending", format!("Service {key} has no ClusterIP yet")));
             }
-            if d.ready.is_empty() {
-                return Err((
-                    "NoReadyEndpoints",
-                    format!(
-                        "Service {key} has no ready endpoint; it is published once one is ready"
-                    ),
-                ));
-            }
+            // Published while exported, ready or not: the import exists as
+            // long as the export does; `unready` keeps it out of answers
+            // and slices while another export is ready.
+            record.unready = d.ready.is_empty();
             record.cluster_ips = d.cluster_ips.clone();
             if globalnet.is_none() {
                 // Pod addresses route between clusters without Globalnet:
@@ -619,6 +616,16 @@ pub fn plan_exports<'a>(
                     ),
                 };
                 let ready = match published {
+                    Ok((record, _)) if record.unready => {
+                        plan.imports.insert(key.clone(), record);
+                        Condition::new(
+                            ConditionStatus::False,
+                            "NoReadyEndpoints",
+                            format!(
+                                "Service {key} has no ready endpoint; its import stands, and other clusters send it traffic once one is ready"
+                            ),
+                        )
+                    }
                     Ok((record, note)) => {
                         plan.imports.insert(key.clone(), record);
                         Condition::new(

@@ -74,9 +74,9 @@ fn protocol(p: causeway_api::records::Protocol) -> Protocol {
 
 /// One cluster's export as the DNS answers it, seen from cluster `local`.
 ///
-/// Records list ready endpoints only, and a ClusterSetIP record exists only
-/// while its service has a ready endpoint (see [`crate::export`]), so every
-/// export here is ready.
+/// Records list ready endpoints only; a ClusterSetIP record exists while its
+/// service is exported and says when it has no ready endpoint (`unready`),
+/// which the resolver answers only when no export is ready.
 pub fn import_to_export(local: &ApiClusterId, import: &ServiceImport) -> ClusterExport {
     let is_local = import.cluster == *local;
     let ports = import
@@ -91,7 +91,7 @@ pub fn import_to_export(local: &ApiClusterId, import: &ServiceImport) -> Cluster
             } else {
                 import.addresses.clone()
             },
-            ready: true,
+            ready: !import.unready,
         },
         ServiceImportType::Headless => Backing::Headless {
             endpoints: import

@@ -42,6 +42,7 @@ fn web(cluster: &str, global: &str, cluster_ip: &str) -> AnyRecord {
         endpoints: vec![],
         exported_at_ms: 0,
         pods: None,
+        unready: false,
         properties: Default::default(),
     }
     .into()

@@ -262,6 +262,13 @@ pub struct ServiceImport {
     /// absent otherwise (and in records of older writers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<Box<ReadyPods>>,
+    /// True while a ClusterSetIP export has no ready endpoint: the import
+    /// still exists (as a ClusterIP does), other clusters answer this
+    /// export only when no export is ready and leave it out of their
+    /// EndpointSlices. Absent (false) in records of older writers, which
+    /// published ready exports only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unready: bool,
     /// What the MCS ServiceImport takes from this export (session affinity,
     /// policies, IP families, exported labels and annotations); absent in
     /// records of older writers, which read as the defaults. Boxed: most
@@ -371,6 +378,10 @@ pub struct ExportProperties {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A gateway's view of its tunnel to one peer.

@@ -51,6 +51,7 @@ pub(crate) fn sample_import(cluster: &str, ns: &str, name: &str) -> ServiceImpor
         endpoints: vec![],
         exported_at_ms: 0,
         pods: None,
+        unready: false,
         properties: Default::default(),
     }
 }

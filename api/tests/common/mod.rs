@@ -50,6 +50,7 @@ pub fn import(cluster: &str, name: &str) -> AnyRecord {
         endpoints: vec![],
         exported_at_ms: 0,
         pods: None,
+        unready: false,
         properties: Default::default(),
     }
     .into()

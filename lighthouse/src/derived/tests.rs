@@ -42,6 +42,7 @@ fn export(cluster: &str, address: &str, at: u64) -> ServiceImport {
         endpoints: vec![],
         exported_at_ms: at,
         pods: None,
+        unready: false,
         properties: Box::new(ExportProperties::default()),
     }
 }
@@ -175,7 +176,16 @@ fn slices_list_what_this_cluster_reaches_of_each_source() {
             target: 8042,
         }],
     }));
+    let mut unready_c = export("c", "242.2.0.7", 2);
+    unready_c.unready = true;
     let cases: Vec<Case> = vec![
+        (
+            "a remote export without a ready endpoint is left out",
+            vec![export("b", "242.1.0.5", 1), unready_c],
+            &["b", "c"],
+            state(&[], &[]),
+            vec![("b", vec!["242.1.0.5"], both.clone())],
+        ),
         (
             "a remote export is its global ingress IP on the import's ports",
             vec![export("b", "242.1.0.5", 1)],

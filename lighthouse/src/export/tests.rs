@@ -196,20 +196,6 @@ fn plan_table() {
             record: Some((vec!["10.96.0.10"], vec!["10.96.0.10"], vec![])),
         },
         Case {
-            name: "ClusterIP service without a ready endpoint",
-            yaml: join(&[EXPORT_WEB, WEB, WEB_NOT_READY]),
-            globalnet: None,
-            reasons: ("Valid", "NoReadyEndpoints"),
-            record: None,
-        },
-        Case {
-            name: "ClusterIP service without endpoint slices",
-            yaml: join(&[EXPORT_WEB, WEB]),
-            globalnet: None,
-            reasons: ("Valid", "NoReadyEndpoints"),
-            record: None,
-        },
-        Case {
             name: "Globalnet without a global IP yet",
             yaml: join(&[EXPORT_WEB, WEB, WEB_READY]),
             globalnet: Some(GlobalIps::default()),
@@ -365,6 +351,7 @@ fn import(cluster: &str, kind: ServiceImportType, ports: Vec<ServicePort>) -> Se
         endpoints: vec![],
         exported_at_ms: 0,
         pods: None,
+        unready: false,
         properties: Default::default(),
     }
 }
@@ -953,4 +940,27 @@ fn without_globalnet_a_clusterset_ip_record_lists_its_ready_pods() {
             target: 8080,
         }]
     );
+}
+
+#[test]
+fn a_clusterset_ip_export_without_a_ready_endpoint_stays_published_as_unready() {
+    for (name, yaml) in [
+        ("unready pods", join(&[EXPORT_WEB, WEB, WEB_NOT_READY])),
+        ("no slices", join(&[EXPORT_WEB, WEB])),
+    ] {
+        let plan = plan_exports(&id("a"), &state(&yaml), [], None);
+        let status = &plan.status[&key()];
+        assert_eq!(status.ready.status, ConditionStatus::False, "{name}");
+        assert_eq!(status.ready.reason, "NoReadyEndpoints", "{name}");
+        let record = plan.imports.get(&key()).expect("published while exported");
+        assert!(record.unready, "{name}");
+        assert_eq!(record.addresses, [ip("10.96.0.10")], "{name}");
+    }
+    let ready = plan_exports(
+        &id("a"),
+        &state(&join(&[EXPORT_WEB, WEB, WEB_READY])),
+        [],
+        None,
+    );
+    assert!(!ready.imports[&key()].unready);
 }

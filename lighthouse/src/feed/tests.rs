@@ -41,6 +41,7 @@ fn clusterset(cluster: &str, name: &str, global: &str, cluster_ip: &str) -> Serv
         endpoints: vec![],
         exported_at_ms: 0,
         pods: None,
+        unready: false,
         properties: Default::default(),
     }
 }
@@ -64,6 +65,7 @@ fn headless(cluster: &str, name: &str, endpoints: &[(Option<&str>, &str, &str)])
             .collect(),
         exported_at_ms: 0,
         pods: None,
+        unready: false,
         properties: Default::default(),
     }
 }

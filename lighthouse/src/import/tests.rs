@@ -37,6 +37,7 @@ fn export(cluster: &str, at: u64) -> ServiceImport {
         endpoints: vec![],
         exported_at_ms: at,
         pods: None,
+        unready: false,
         properties: Box::new(ExportProperties {
             session_affinity: SessionAffinity::ClientIp,
             session_affinity_config: Some(SessionAffinityConfig {
