@@ -197,3 +197,34 @@ fn a_pod_reaches_a_remote_export_through_the_cluster_set_ip() {
 fn a_pod_reaches_a_remote_export_through_the_cluster_set_ip_without_globalnet() {
     reaches_b_through_the_cluster_set_ip(&Lab::up("mcsdu", &["--distinct-cidrs"]));
 }
+
+#[test]
+fn a_cluster_whose_tunnel_is_down_leaves_the_slices_and_comes_back() {
+    let lab = Lab::up("mcsdh", &[]);
+    lab.export("b", "default/web");
+    lab.export("a", "default/web");
+    derived_where(&lab, "a", "a's and b's slices", |s| s.len() == 2);
+    for node in ["b/node-0", "b/node-1"] {
+        causeway_tests::ok(
+            causeway_tests::causeway(&["lab", "stop", "--name", &lab.name, node]),
+            "stop b's gateways",
+        );
+    }
+    // a's gateway reports b `error` after its lost probes: b's slice goes,
+    // a's own stays.
+    let started = Instant::now();
+    derived_where(&lab, "a", "b's slice gone", |s| {
+        s.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>() == ["a"]
+    });
+    eprintln!(
+        "b left a's slices {:?} after its gateways stopped",
+        started.elapsed()
+    );
+    for node in ["b/node-0", "b/node-1"] {
+        causeway_tests::ok(
+            causeway_tests::causeway(&["lab", "start", "--name", &lab.name, node]),
+            "start b's gateways",
+        );
+    }
+    derived_where(&lab, "a", "b's slice back", |s| s.len() == 2);
+}
