@@ -240,8 +240,8 @@ pub fn plan(sources: &[Source], targets: &[Target], globalnet: bool) -> Vec<Prob
                 .filter(|t| t.exports_web && t.cluster != from.cluster)
                 .map(|t| t.cluster.clone())
                 .collect();
-            // Without Globalnet the name answers a ClusterIP, which the lab
-            // (no service proxy) cannot serve: look up the headless name.
+            // Without Globalnet, look up the headless name: it names the
+            // pods, so the answer proves DNS and pod routing at once.
             let dns = match (
                 &from.nameserver,
                 globalnet && to.exports_web && !from_exports,
@@ -304,15 +304,15 @@ pub fn service_target(view: &LabView, to: &str) -> Result<SocketAddr, Verdict> {
     };
     let port = import.ports.first().map(|p| p.port).unwrap_or(80);
     if !view.globalnet() {
-        // The lab runs no service proxy: ClusterIPs answer nowhere in it.
-        return Err(Verdict::Skip(format!(
-            "the lab runs no service proxy, so ClusterIP {} answers nowhere (kube-proxy would on Kubernetes)",
-            import
-                .cluster_ips
-                .first()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "-".into())
-        )));
+        // Without Globalnet the remote ClusterIP itself is routed to the
+        // exporting cluster, whose service proxy (the lab's, or kube-proxy)
+        // serves it.
+        return match import.cluster_ips.first() {
+            Some(ip) => Ok(SocketAddr::new(*ip, port)),
+            None => Err(Verdict::Fail(format!(
+                "{to} exports {SERVICE_NAMESPACE}/{SERVICE_NAME} without a ClusterIP: is its Service headless?"
+            ))),
+        };
     }
     match import.addresses.first() {
         Some(ip) => Ok(SocketAddr::new(*ip, port)),

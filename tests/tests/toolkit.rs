@@ -433,16 +433,13 @@ fn without_globalnet_verify_reaches_pods_on_their_own_addresses() {
     let (report, passed, stderr) = verify(&lab);
     assert!(passed, "{stderr}\n{:#?}", failures(&report));
     assert_eq!(report["globalnet"], false);
-    // The lab has no service proxy, so ClusterIPs are skipped, saying so.
-    assert_eq!(report["skipped"], 4);
+    assert_eq!(report["skipped"], 0);
     for c in checks(&report) {
         match c["check"].as_str().unwrap() {
-            "pod-to-service" => {
-                assert_eq!(c["outcome"], "skip");
-                assert!(
-                    c["detail"].as_str().unwrap().contains("no service proxy"),
-                    "{c}"
-                );
+            // The remote ClusterIP itself, served by b's service proxy.
+            "pod-to-service" if c["to"] == "b" => {
+                assert_eq!(c["outcome"], "pass", "{c}");
+                assert!(c["target"].as_str().unwrap().contains("10.112."), "{c}");
             }
             "pod-to-pod" if c["to"] == "b" => {
                 assert!(c["target"].as_str().unwrap().contains(" on 10.245."), "{c}");
@@ -455,7 +452,10 @@ fn without_globalnet_verify_reaches_pods_on_their_own_addresses() {
 #[test]
 fn the_toolkit_refuses_what_it_cannot_do_yet() {
     let err = fails(causeway(&["verify"]), "verify without --lab");
-    assert!(err.contains("not yet") && err.contains("--lab"), "{err}");
+    assert!(
+        err.contains("--lab") && err.contains("--kubeconfig"),
+        "{err}"
+    );
     let err = fails(
         causeway(&["benchmark", "throughput", "--from", "a", "--to", "b"]),
         "benchmark without --lab",
