@@ -47,7 +47,6 @@ use causeway_api::records::{
 };
 use causeway_api::source::{ClusterState, ObjectKey};
 use causeway_api::store::{RecordSet, Store};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, Service, ServicePort as KubeServicePort, ServiceSpec, SessionAffinityConfig,
 };
@@ -58,6 +57,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
+use crate::follow::Followed;
 use crate::import::merge;
 
 fn protocol_name(p: Protocol) -> &'static str {
@@ -657,10 +657,8 @@ impl DerivedController {
     /// next active gateway adopts them, and traffic goes on.
     #[instrument(name = "derived_controller", skip_all, fields(cluster = %self.local))]
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut imports = RecordSet::default();
-        let mut statuses = RecordSet::default();
-        let mut import_watch = self.store.watch(Some(Kind::ServiceImport), None);
-        let mut status_watch = self.store.watch(Some(Kind::ConnectionStatus), None);
+        let mut imports = Followed::new(self.store.clone(), Kind::ServiceImport);
+        let mut statuses = Followed::new(self.store.clone(), Kind::ConnectionStatus);
         let mut source_open = true;
         let mut next = Instant::now();
         info!("derived controller started");
@@ -670,35 +668,11 @@ impl DerivedController {
                 changed = self.state.changed(), if source_open => {
                     source_open = changed.is_ok();
                 }
-                ev = import_watch.next() => match ev {
-                    Some(ev) => {
-                        imports.apply(ev);
-                        while let Some(Some(ev)) = futures::FutureExt::now_or_never(import_watch.next()) {
-                            imports.apply(ev);
-                        }
-                    }
-                    None => {
-                        warn!("store watch ended; watching again");
-                        let from = imports.is_synced().then(|| imports.revision());
-                        import_watch = self.store.watch(Some(Kind::ServiceImport), from);
-                    }
-                },
-                ev = status_watch.next() => match ev {
-                    Some(ev) => {
-                        statuses.apply(ev);
-                        while let Some(Some(ev)) = futures::FutureExt::now_or_never(status_watch.next()) {
-                            statuses.apply(ev);
-                        }
-                    }
-                    None => {
-                        warn!("store watch ended; watching again");
-                        let from = statuses.is_synced().then(|| statuses.revision());
-                        status_watch = self.store.watch(Some(Kind::ConnectionStatus), from);
-                    }
-                },
+                _ = imports.changed() => {}
+                _ = statuses.changed() => {}
                 _ = tokio::time::sleep_until(next) => {}
             }
-            next = Instant::now() + self.reconcile(&imports, &statuses).await;
+            next = Instant::now() + self.reconcile(&imports.records, &statuses.records).await;
         }
         info!("derived controller stopped");
     }

@@ -47,8 +47,7 @@ use causeway_api::records::{
     SessionAffinity, SessionAffinityConfig, TargetPort,
 };
 use causeway_api::source::{ClusterSource, ClusterState};
-use causeway_api::store::{RecordSet, Store, WatchEvent, sync_owned};
-use futures::StreamExt;
+use causeway_api::store::{RecordSet, Store, sync_owned};
 use k8s_openapi::api::core::v1::Service;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -57,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use crate::Error;
+use crate::follow::Followed;
 use crate::import::merge;
 
 pub mod kube_status;
@@ -754,8 +754,7 @@ impl ExportAgent {
             );
             tokio::spawn(controller.run(cancel.clone()))
         });
-        let mut imports = RecordSet::default();
-        let mut watch = self.store.watch(Some(Kind::ServiceImport), None);
+        let mut imports = Followed::new(self.store.clone(), Kind::ServiceImport);
         let mut globalnet_open = self.options.globalnet.is_some();
         let mut source_open = true;
         let mut next = Instant::now();
@@ -766,17 +765,7 @@ impl ExportAgent {
                 changed = self.state.changed(), if source_open => {
                     source_open = changed.is_ok();
                 }
-                ev = watch.next() => match ev {
-                    Some(ev) => {
-                        imports.apply(ev);
-                        drain(&mut watch, &mut imports);
-                    }
-                    None => {
-                        warn!("store watch ended; watching again");
-                        let from = imports.is_synced().then(|| imports.revision());
-                        watch = self.store.watch(Some(Kind::ServiceImport), from);
-                    }
-                },
+                _ = imports.changed() => {}
                 changed = async {
                     match self.options.globalnet.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -788,7 +777,7 @@ impl ExportAgent {
                 }
                 _ = tokio::time::sleep_until(next) => {}
             }
-            next = Instant::now() + self.reconcile(&imports).await;
+            next = Instant::now() + self.reconcile(&imports.records).await;
         }
         if let Some(controller) = controller {
             let _ = controller.await;
@@ -892,13 +881,6 @@ impl ExportAgent {
             }
         }
         ok
-    }
-}
-
-/// Takes every event already waiting on `watch`.
-fn drain(watch: &mut futures::stream::BoxStream<'static, WatchEvent>, set: &mut RecordSet) {
-    while let Some(Some(ev)) = futures::FutureExt::now_or_never(watch.next()) {
-        set.apply(ev);
     }
 }
 

@@ -33,13 +33,13 @@ use causeway_api::records::{
 };
 use causeway_api::source::{ClusterState, ObjectKey};
 use causeway_api::store::{RecordSet, Store};
-use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument, warn};
 
 use crate::export::precedence;
+use crate::follow::Followed;
 
 /// What constituent exports of one service can disagree on, in the order
 /// their reasons are listed.
@@ -531,8 +531,7 @@ impl ImportController {
     /// active gateway adopts them.
     #[instrument(name = "import_controller", skip_all)]
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut records = RecordSet::default();
-        let mut watch = self.store.watch(Some(Kind::ServiceImport), None);
+        let mut imports = Followed::new(self.store.clone(), Kind::ServiceImport);
         let mut source_open = true;
         let mut next = Instant::now();
         info!("import controller started");
@@ -542,22 +541,10 @@ impl ImportController {
                 changed = self.state.changed(), if source_open => {
                     source_open = changed.is_ok();
                 }
-                ev = watch.next() => match ev {
-                    Some(ev) => {
-                        records.apply(ev);
-                        while let Some(Some(ev)) = futures::FutureExt::now_or_never(watch.next()) {
-                            records.apply(ev);
-                        }
-                    }
-                    None => {
-                        warn!("store watch ended; watching again");
-                        let from = records.is_synced().then(|| records.revision());
-                        watch = self.store.watch(Some(Kind::ServiceImport), from);
-                    }
-                },
+                _ = imports.changed() => {}
                 _ = tokio::time::sleep_until(next) => {}
             }
-            next = Instant::now() + self.reconcile(&records).await;
+            next = Instant::now() + self.reconcile(&imports.records).await;
         }
         info!("import controller stopped");
     }

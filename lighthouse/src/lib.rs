@@ -29,6 +29,7 @@ pub mod derived;
 pub mod dns;
 pub mod export;
 pub mod feed;
+mod follow;
 pub mod import;
 
 pub use daemon::{DnsDaemon, serve_dns};
