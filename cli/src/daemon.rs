@@ -872,6 +872,11 @@ pub struct LighthouseArgs {
     /// (Lighthouse-compatible) instead of NXDOMAIN.
     #[arg(long)]
     pub cluster_names: bool,
+    /// With `--answer clusterset-ip`: read the cluster's MCS ServiceImports
+    /// (their `spec.ips`) from this directory of Kubernetes manifests
+    /// (default with `--store kubernetes`: from the API).
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
     /// Where `/metrics` and `/healthz` are served.
     #[arg(long, default_value = "0.0.0.0:9465")]
     pub metrics_listen: std::net::SocketAddr,
@@ -885,11 +890,35 @@ pub async fn lighthouse(args: LighthouseArgs) -> Result<()> {
     let Some(cluster) = args.cluster else {
         bail!("--cluster is required: the id this cluster joined with");
     };
-    let store: Arc<dyn Store> = match args.store.choice()? {
+    let (store, kube): (Arc<dyn Store>, Option<KubeCluster>) = match args.store.choice()? {
         StoreChoice::Kubernetes { namespace } => {
-            Arc::new(KubeCluster::connect(&namespace).await?.store())
+            let k = KubeCluster::connect(&namespace).await?;
+            (Arc::new(k.store()), Some(k))
         }
-        StoreChoice::Etcd(endpoints) => Arc::new(connect_store(&EtcdConfig::new(endpoints)).await?),
+        StoreChoice::Etcd(endpoints) => (
+            Arc::new(connect_store(&EtcdConfig::new(endpoints)).await?),
+            None,
+        ),
+    };
+    let shutdown = CancellationToken::new();
+    // The ClusterSetIPs come from the cluster's ServiceImports; only
+    // `--answer clusterset-ip` reads them, so the per-cluster default needs
+    // no access to the cluster's MCS objects.
+    let source: Option<Arc<dyn ClusterSource>> = match (args.answer, args.manifests.clone(), kube) {
+        (causeway_lighthouse::dns::AnswerMode::PerCluster, _, _) => None,
+        (_, Some(dir), _) => Some(Arc::new(ManifestDirSource::spawn(
+            dir,
+            Duration::from_millis(200),
+            shutdown.clone(),
+        ))),
+        (_, None, Some(k)) => Some(Arc::new(k.source(shutdown.clone()))),
+        (_, None, None) => {
+            tracing::warn!(
+                "--answer clusterset-ip without --manifests or --store kubernetes: \
+                     no ServiceImports to read, answering per cluster"
+            );
+            None
+        }
     };
     let mut resolver =
         ResolverOptions::new(&args.zone).with_context(|| format!("--zone {}", args.zone))?;
@@ -902,9 +931,11 @@ pub async fn lighthouse(args: LighthouseArgs) -> Result<()> {
         ..ServerConfig::default()
     };
     let mut registry = prometheus_client::registry::Registry::default();
-    let daemon = DnsDaemon::bind(config, store, cluster.clone(), &mut registry).await?;
+    let mut daemon = DnsDaemon::bind(config, store, cluster.clone(), &mut registry).await?;
+    if let Some(source) = &source {
+        daemon = daemon.with_cluster_state(source.state());
+    }
     let registry = Arc::new(registry);
-    let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let render: crate::metrics::Render = Arc::new(move || {
         let mut out = String::new();
@@ -919,5 +950,6 @@ pub async fn lighthouse(args: LighthouseArgs) -> Result<()> {
     });
     tracing::info!(%cluster, listen = %args.listen, zone = %args.zone, "lighthouse DNS answering");
     daemon.run(shutdown).await;
+    drop(source);
     Ok(())
 }

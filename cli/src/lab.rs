@@ -272,12 +272,20 @@ fn start_dns(state: &mut LabState, cluster: &ClusterPlan) -> Result<()> {
         format!("nameserver {}\noptions timeout:1 attempts:2\n", dns.ip),
     )
     .with_context(|| format!("write {}", resolv.display()))?;
-    let args = [
+    let mut args = vec![
         "lighthouse".to_owned(),
         format!("--cluster={}", cluster.name),
         format!("--store=http://{}:{ETCD_PORT}", cluster.control_plane.ip),
         format!("--listen=0.0.0.0:{DNS_PORT}"),
+        // The ServiceImports, for `--answer clusterset-ip`.
+        format!(
+            "--manifests={}",
+            state.manifests_dir(&cluster.name).display()
+        ),
     ];
+    if let Some(answer) = &state.plan.spec.dns_answer {
+        args.push(format!("--answer={answer}"));
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let target = format!("{}/{}", cluster.name, dns.name);
     spawn(state, &target, &dns.netns, "dns", &causeway_exe()?, &args)

@@ -181,6 +181,10 @@ enum LabCmd {
         /// all, or per cluster (`a=flannel,b=calico`).
         #[arg(long, default_value = "flannel")]
         cni: lab::plan::CniChoice,
+        /// `--answer` of every cluster's DNS daemon (`per-cluster` or
+        /// `clusterset-ip`); default: the daemon's own.
+        #[arg(long, value_parser = ["per-cluster", "clusterset-ip"])]
+        dns_answer: Option<String>,
     },
     /// Stop every process of the lab and remove everything it made.
     Down {
@@ -467,12 +471,14 @@ fn run_lab(cmd: LabCmd) -> Result<()> {
             clusters,
             distinct_cidrs,
             cni,
+            dns_answer,
         } => {
             let state = lab::up_with(
                 LabSpec {
                     name: lab.name.clone(),
                     clusters,
                     distinct_cidrs,
+                    dns_answer,
                 },
                 &cni,
             )?;

@@ -654,6 +654,7 @@ mod tests {
             name: "demo".parse().unwrap(),
             clusters: 2,
             distinct_cidrs: distinct,
+            dns_answer: None,
         };
         let plan = LabPlan::with_cni(spec, &"calico".parse::<CniChoice>().unwrap()).unwrap();
         plan.clusters[1].clone()

@@ -23,6 +23,7 @@ pub fn run(name: LabName, keep: bool) -> Result<()> {
         name: name.clone(),
         clusters: 2,
         distinct_cidrs: false,
+        dns_answer: None,
     })?;
     let result = tell(&name);
     if result.is_ok() {

@@ -210,6 +210,10 @@ pub struct LabSpec {
     pub name: LabName,
     pub clusters: u8,
     pub distinct_cidrs: bool,
+    /// `--answer` of every cluster's DNS daemon (`lab up --dns-answer`);
+    /// none: the daemon's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_answer: Option<String>,
 }
 
 /// Every namespace, link and address of one lab.
@@ -600,6 +604,7 @@ mod tests {
             name: "demo".parse().unwrap(),
             clusters,
             distinct_cidrs,
+            dns_answer: None,
         }
     }
 
