@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use causeway_api::election::Elector;
 use causeway_api::records::{AnyRecord, CableBackend, Cluster, Endpoint, WireGuardKey};
+use causeway_api::source::ClusterSource;
 use causeway_api::store::{FakeStore, Store};
 use causeway_api::testing::FakeKube;
 use causeway_cli::broker::{BrokerFile, JoinFlags};
@@ -402,8 +403,9 @@ async fn exercise_route_agent(fake: &FakeKube) {
     assert!(!k.removal_requested().await.unwrap());
 }
 
-/// What `causeway lighthouse --store kubernetes` does with the API.
-async fn exercise_lighthouse(fake: &FakeKube) {
+/// What `causeway lighthouse --store kubernetes` does with the API; with
+/// `--answer clusterset-ip` it also follows the cluster through the source.
+async fn exercise_lighthouse(fake: &FakeKube, clusterset_ip: bool) {
     use causeway_lighthouse::DnsDaemon;
     use causeway_lighthouse::dns::{ResolverOptions, ServerConfig};
 
@@ -423,6 +425,12 @@ async fn exercise_lighthouse(fake: &FakeKube) {
     .await
     .unwrap();
     let shutdown = CancellationToken::new();
+    let daemon = if clusterset_ip {
+        let source = k.source(shutdown.clone());
+        daemon.with_cluster_state(source.state())
+    } else {
+        daemon
+    };
     let task = tokio::spawn(daemon.run(shutdown.clone()));
     eventually(fake, "the DNS server's watches", || {
         let watched: BTreeSet<String> = fake
@@ -791,17 +799,30 @@ async fn chart_rbac_grants_exactly_what_each_component_uses() {
     let route_agent = cluster();
     exercise_route_agent(&route_agent).await;
     let lighthouse = cluster();
-    exercise_lighthouse(&lighthouse).await;
-    let needs = [
-        ("causeway-gateway", needed(&gateway)),
-        ("causeway-route-agent", needed(&route_agent)),
-        ("causeway-lighthouse", needed(&lighthouse)),
-    ];
+    exercise_lighthouse(&lighthouse, false).await;
+    let lighthouse_clusterset_ip = cluster();
+    exercise_lighthouse(&lighthouse_clusterset_ip, true).await;
     let files = ci_values();
     assert!(!files.is_empty(), "no helm/causeway/ci/*.yaml");
     let mut problems = Vec::new();
     for file in &files {
         let docs = render(&helm, file);
+        // The Lighthouse's needs follow the answer mode this file renders.
+        let clusterset_ip = serde_json::to_string(&docs)
+            .unwrap()
+            .contains("--answer=clusterset-ip");
+        let needs = [
+            ("causeway-gateway", needed(&gateway)),
+            ("causeway-route-agent", needed(&route_agent)),
+            (
+                "causeway-lighthouse",
+                needed(if clusterset_ip {
+                    &lighthouse_clusterset_ip
+                } else {
+                    &lighthouse
+                }),
+            ),
+        ];
         for (sa, need) in &needs {
             let grant = granted(&docs, sa);
             for p in compare(sa, need, &grant) {
