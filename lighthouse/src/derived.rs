@@ -59,6 +59,7 @@ use tracing::{info, instrument, warn};
 
 use crate::follow::Followed;
 use crate::import::merge;
+use crate::pacing::Pacing;
 
 fn protocol_name(p: Protocol) -> &'static str {
     match p {
@@ -629,7 +630,7 @@ pub struct DerivedController {
     options: DerivedControllerOptions,
     /// What was last written (`None`: deleted), and when.
     written: BTreeMap<ObjectKey, (Option<Derived>, Instant)>,
-    failures: u32,
+    pacing: Pacing,
 }
 
 impl DerivedController {
@@ -649,7 +650,7 @@ impl DerivedController {
             writer,
             options,
             written: BTreeMap::new(),
-            failures: 0,
+            pacing: Pacing::default(),
         }
     }
 
@@ -738,18 +739,13 @@ impl DerivedController {
                 "derived Services converged"
             );
         }
-        if !ok {
-            self.failures = self.failures.saturating_add(1);
-            let factor = 1u32 << self.failures.min(6).saturating_sub(1);
-            (self.options.retry_interval * factor).min(self.options.resync_interval)
-        } else {
-            self.failures = 0;
-            if self.written.is_empty() {
-                self.options.resync_interval
-            } else {
-                settle.min(self.options.resync_interval)
-            }
-        }
+        self.pacing.after_pass(
+            ok,
+            !self.written.is_empty(),
+            self.options.retry_interval,
+            settle,
+            self.options.resync_interval,
+        )
     }
 }
 

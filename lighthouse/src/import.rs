@@ -40,6 +40,7 @@ use tracing::{info, instrument, warn};
 
 use crate::export::precedence;
 use crate::follow::Followed;
+use crate::pacing::Pacing;
 
 /// What constituent exports of one service can disagree on, in the order
 /// their reasons are listed.
@@ -505,7 +506,7 @@ pub struct ImportController {
     /// show it yet.
     written: BTreeMap<ObjectKey, (Option<mcs::ServiceImport>, Instant)>,
     /// Passes in a row with a failed write (the retry backs off).
-    failures: u32,
+    pacing: Pacing,
 }
 
 impl ImportController {
@@ -523,7 +524,7 @@ impl ImportController {
             writer,
             options,
             written: BTreeMap::new(),
-            failures: 0,
+            pacing: Pacing::default(),
         }
     }
 
@@ -615,18 +616,13 @@ impl ImportController {
                 "ServiceImports converged"
             );
         }
-        if !ok {
-            // Doubling up to the resync: an API without the ServiceImport
-            // CRD is not asked (and logged) every second.
-            self.failures = self.failures.saturating_add(1);
-            let factor = 1u32 << self.failures.min(6).saturating_sub(1);
-            (self.options.retry_interval * factor).min(self.options.resync_interval)
-        } else if self.written.is_empty() {
-            self.options.resync_interval
-        } else {
-            // Check again once the writes had time to show.
-            settle.min(self.options.resync_interval)
-        }
+        self.pacing.after_pass(
+            ok,
+            !self.written.is_empty(),
+            self.options.retry_interval,
+            settle,
+            self.options.resync_interval,
+        )
     }
 }
 

@@ -31,6 +31,7 @@ pub mod export;
 pub mod feed;
 mod follow;
 pub mod import;
+mod pacing;
 
 pub use daemon::{DnsDaemon, serve_dns};
 
