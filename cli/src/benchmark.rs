@@ -261,7 +261,7 @@ fn measure(
     let recv_netns = receiver.netns.clone();
     let recv_stop = stop.clone();
     let receiving = std::thread::spawn(move || {
-        labkit::in_netns(&recv_netns, move || {
+        crate::netns::block_on(&recv_netns, move || {
             receive(
                 mode,
                 SocketAddr::from(([0, 0, 0, 0], BENCH_PORT)),
@@ -274,7 +274,7 @@ fn measure(
     let result = match ready {
         Ok(Ok(_)) => {
             let connections = args.connections;
-            labkit::in_netns(&sender.netns, move || {
+            crate::netns::block_on(&sender.netns, move || {
                 send(mode, target, Duration::from_secs(seconds), connections)
             })
         }

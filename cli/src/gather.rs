@@ -22,7 +22,7 @@ use flate2::write::GzEncoder;
 
 use crate::lab::plan::{ETCD_PORT, LabName};
 use crate::netns;
-use crate::verify::labkit::{self, LabView};
+use crate::verify::labkit::LabView;
 
 /// What replaces a secret value.
 pub const REDACTED: &str = "[redacted]";
@@ -298,7 +298,7 @@ fn broker_records(view: &LabView) -> Result<Vec<u8>> {
     };
     let file = view.state.secrets_dir(&first.name).join("broker.json");
     let broker = crate::broker::BrokerFile::load(&file)?;
-    let records = labkit::in_netns(&view.state.plan.wan.broker_netns, move || async move {
+    let records = crate::netns::block_on(&view.state.plan.wan.broker_netns, move || async move {
         let mut all = Vec::new();
         for kind in [
             causeway_api::records::Kind::Cluster,

@@ -380,7 +380,7 @@ fn wait_for_active_gateway(cluster: &ClusterPlan) -> Result<()> {
 fn own_imports(cluster: &ClusterPlan) -> Result<Vec<causeway_api::records::ServiceImport>> {
     let id = cluster.name.clone();
     Ok(
-        store_records(cluster, causeway_api::records::Kind::ServiceImport)?
+        store_records(cluster, Some(causeway_api::records::Kind::ServiceImport))?
             .into_iter()
             .filter_map(|r| match r {
                 causeway_api::records::AnyRecord::ServiceImport(i) if i.cluster.as_str() == id => {
@@ -392,27 +392,22 @@ fn own_imports(cluster: &ClusterPlan) -> Result<Vec<causeway_api::records::Servi
     )
 }
 
-/// The records of `kind` in `cluster`'s own store, read from inside the
-/// cluster's first node; none when the store does not answer.
-fn store_records(
+/// The records of `kind` (every kind when `None`) in `cluster`'s own
+/// store, read from inside the cluster's first node; none when the store
+/// does not answer.
+pub fn store_records(
     cluster: &ClusterPlan,
-    kind: causeway_api::records::Kind,
+    kind: Option<causeway_api::records::Kind>,
 ) -> Result<Vec<causeway_api::records::AnyRecord>> {
     use causeway_api::store::{EtcdConfig, EtcdStore, Store};
-    let store = format!("http://{}:{ETCD_PORT}", cluster.control_plane.ip);
-    netns::within(&cluster.nodes[0].netns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let mut config = EtcdConfig::new([store]);
-            config.connect_timeout = Duration::from_secs(1);
-            config.request_timeout = Duration::from_secs(1);
-            let Ok(store) = EtcdStore::connect(&config).await else {
-                return Ok(Vec::new());
-            };
-            Ok(store.list(Some(kind)).await?.records)
-        })
+    let mut config = EtcdConfig::new([format!("http://{}:{ETCD_PORT}", cluster.control_plane.ip)]);
+    config.connect_timeout = Duration::from_secs(1);
+    config.request_timeout = Duration::from_secs(2);
+    netns::block_on(&cluster.nodes[0].netns, move || async move {
+        let Ok(store) = EtcdStore::connect(&config).await else {
+            return Ok(Vec::new());
+        };
+        Ok(store.list(kind).await?.records)
     })
 }
 
@@ -421,7 +416,7 @@ fn store_records(
 pub fn active_gateway(cluster: &ClusterPlan) -> Result<Option<String>> {
     let id = cluster.name.clone();
     Ok(
-        store_records(cluster, causeway_api::records::Kind::Endpoint)?
+        store_records(cluster, Some(causeway_api::records::Kind::Endpoint))?
             .into_iter()
             .find_map(|r| match r {
                 causeway_api::records::AnyRecord::Endpoint(e) if e.cluster.as_str() == id => {
@@ -812,21 +807,24 @@ fn globalnet_status(state: &LabState, cluster: &ClusterPlan) -> Option<Globalnet
             )
         })
         .collect();
-    let recorded: Vec<Ipv4Addr> = store_records(cluster, causeway_api::records::Kind::Endpoint)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|r| match r {
-            causeway_api::records::AnyRecord::Endpoint(e) if e.cluster.as_str() == cluster.name => {
-                Some(e.egress_ips)
-            }
-            _ => None,
-        })
-        .flatten()
-        .filter_map(|ip| match ip {
-            std::net::IpAddr::V4(ip) => Some(ip),
-            std::net::IpAddr::V6(_) => None,
-        })
-        .collect();
+    let recorded: Vec<Ipv4Addr> =
+        store_records(cluster, Some(causeway_api::records::Kind::Endpoint))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| match r {
+                causeway_api::records::AnyRecord::Endpoint(e)
+                    if e.cluster.as_str() == cluster.name =>
+                {
+                    Some(e.egress_ips)
+                }
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|ip| match ip {
+                std::net::IpAddr::V4(ip) => Some(ip),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
     Some(GlobalnetStatus {
         global_cidr: cidr.to_string(),
         gateway_ip: allocation.gateway.ok(),

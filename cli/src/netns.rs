@@ -130,11 +130,12 @@ where
     .map_err(|_| anyhow!("namespace thread panicked"))?
 }
 
-/// Runs `work` with an rtnetlink handle bound to namespace `name`, on a
-/// single-threaded runtime started after the thread entered the namespace.
-pub fn run<F, Fut, T>(name: &str, work: F) -> Result<T>
+/// Runs the future `work` builds on a single-threaded runtime started on a
+/// thread that entered namespace `name` first (settled decision 13: no
+/// tokio worker ever switches namespace).
+pub fn block_on<F, Fut, T>(name: &str, work: F) -> Result<T>
 where
-    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<T>>,
     T: Send + 'static,
 {
@@ -143,12 +144,23 @@ where
             .enable_all()
             .build()
             .context("start a runtime")?;
-        rt.block_on(async move {
-            let (connection, handle, _) =
-                rtnetlink::new_connection().context("open a netlink socket")?;
-            tokio::spawn(connection);
-            work(handle).await
-        })
+        rt.block_on(work())
+    })
+}
+
+/// Runs `work` with an rtnetlink handle bound to namespace `name` (see
+/// [`block_on`]).
+pub fn run<F, Fut, T>(name: &str, work: F) -> Result<T>
+where
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+    T: Send + 'static,
+{
+    block_on(name, move || async move {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().context("open a netlink socket")?;
+        tokio::spawn(connection);
+        work(handle).await
     })
 }
 

@@ -18,7 +18,7 @@ use causeway_api::records::{AnyRecord, ConnectionState};
 use serde::Serialize;
 
 use crate::lab::plan::LabName;
-use crate::verify::labkit::{self, LabView};
+use crate::verify::labkit::LabView;
 
 /// Where each gateway serves `/metrics`.
 pub const METRICS_PORT: u16 = 9464;
@@ -586,7 +586,7 @@ fn lab_metrics(view: &LabView) -> BTreeMap<String, BTreeMap<String, PeerMetrics>
 /// `GET /metrics` from the gateway in node namespace `netns`.
 pub fn fetch_metrics(netns: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    labkit::in_netns(netns, || async {
+    crate::netns::block_on(netns, || async {
         let work = async {
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).await?;
             s.write_all(b"GET /metrics HTTP/1.1\r\nHost: causeway\r\nConnection: close\r\n\r\n")

@@ -484,7 +484,7 @@ fn run_probe(probe: Probe) -> CheckResult {
     for attempt in 1..=ATTEMPTS {
         result.attempts = attempt;
         let action = action.clone();
-        let outcome = labkit::in_netns(&probe.from.netns, move || async move {
+        let outcome = crate::netns::block_on(&probe.from.netns, move || async move {
             Ok(probe_once(&action).await)
         })
         .unwrap_or_else(|e| Err(format!("{e:#}")));

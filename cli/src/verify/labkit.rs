@@ -12,12 +12,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use causeway_api::records::{AnyRecord, Endpoint, Kind, ServiceImport};
-use causeway_api::store::{EtcdConfig, EtcdStore, Store};
+use causeway_api::records::{AnyRecord, Endpoint, ServiceImport};
 
-use crate::lab::plan::{ClusterPlan, ETCD_PORT, LabName, PodPlan};
+use crate::lab::plan::{ClusterPlan, LabName, PodPlan};
 use crate::lab::state::LabState;
-use crate::netns;
 
 /// A lab as the toolkit reads it: its plan and, per cluster, the records of
 /// the cluster's own store (its own and those mirrored from the broker).
@@ -33,7 +31,7 @@ impl LabView {
         let state = crate::lab::load(name)?;
         let mut records = BTreeMap::new();
         for c in &state.plan.clusters {
-            records.insert(c.name.clone(), store_records(c, None)?);
+            records.insert(c.name.clone(), crate::lab::store_records(c, None)?);
         }
         Ok(Self { state, records })
     }
@@ -41,7 +39,8 @@ impl LabView {
     /// Reads the stores again (after an export changed them).
     pub fn refresh(&mut self) -> Result<()> {
         for c in &self.state.plan.clusters {
-            self.records.insert(c.name.clone(), store_records(c, None)?);
+            self.records
+                .insert(c.name.clone(), crate::lab::store_records(c, None)?);
         }
         Ok(())
     }
@@ -155,46 +154,6 @@ impl LabView {
             .find_map(|l| l.strip_prefix("nameserver ")?.trim().parse().ok())
             .ok_or_else(|| anyhow!("{} names no nameserver", file.display()))
     }
-}
-
-/// Records of `cluster`'s own store (all kinds when `kind` is none), read
-/// from inside the cluster's first node; none when the store does not answer.
-pub fn store_records(cluster: &ClusterPlan, kind: Option<Kind>) -> Result<Vec<AnyRecord>> {
-    let store = format!("http://{}:{ETCD_PORT}", cluster.control_plane.ip);
-    let config = {
-        let mut c = EtcdConfig::new([store]);
-        c.connect_timeout = Duration::from_secs(1);
-        c.request_timeout = Duration::from_secs(2);
-        c
-    };
-    in_netns(&cluster.nodes[0].netns, move || async move {
-        let Ok(store) = EtcdStore::connect(&config).await else {
-            return Ok(Vec::new());
-        };
-        Ok(store
-            .list(kind)
-            .await
-            .map(|l| l.records)
-            .unwrap_or_default())
-    })
-}
-
-/// Runs the future `work` builds on a single-threaded runtime, on a thread
-/// that entered namespace `netns` first (settled decision 13: no tokio
-/// worker ever switches namespace).
-pub fn in_netns<F, Fut, T>(netns: &str, work: F) -> Result<T>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T>>,
-    T: Send + 'static,
-{
-    netns::within(netns, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("start a runtime")?;
-        rt.block_on(work())
-    })
 }
 
 /// One endpoint of a short-lived headless export.
