@@ -80,7 +80,13 @@ fn after_failover_the_same_global_ip_serves_the_same_service() {
     assert_eq!(reply["cluster"], "b", "{reply}");
     let status = lab.status();
     assert_ne!(status["active_gateways"]["b"].as_str().unwrap(), active);
-    assert_eq!(status["globalnet"]["b"]["egress_ips"], egress, "{status}");
+    // The new gateway first republishes the stored pool, then the pool it
+    // planned: watch long enough for its plan to have replaced the first.
+    for _ in 0..6 {
+        let status = lab.status();
+        assert_eq!(status["globalnet"]["b"]["egress_ips"], egress, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// Rewrites b's `default/web` EndpointSlice to hold only `pods` (name, IP).
