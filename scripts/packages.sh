@@ -5,9 +5,10 @@
 # broker, conntrack, ping.
 RUNTIME_PACKAGES=(iproute2 nftables iptables conntrack curl iputils-ping etcd-server etcd-client procps)
 # What building and the tests need on top: protoc for etcd-client, dig,
+# nc (the MCS conformance mirrors probe with it, as the upstream suite does),
 # iperf3, wireguard-go to compare against, dnsperf and knot for the DNS
 # benchmarks, a C toolchain for -sys crates.
-TEST_PACKAGES=(build-essential pkg-config protobuf-compiler bind9-dnsutils iperf3 wireguard-tools wireguard-go dnsperf knot)
+TEST_PACKAGES=(build-essential pkg-config protobuf-compiler bind9-dnsutils netcat-openbsd iperf3 wireguard-tools wireguard-go dnsperf knot)
 
 require_root() {
   if [ "$(id -u)" != 0 ]; then

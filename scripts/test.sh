@@ -9,6 +9,8 @@ source scripts/packages.sh
 require_root
 ensure_packages "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
 ensure_rust
+# A clean run gains nothing from incremental artifacts; they only fill the disk.
+export CARGO_INCREMENTAL=0
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -864,9 +864,10 @@ pub struct LighthouseArgs {
     /// TTL of answers, in seconds.
     #[arg(long, default_value_t = 5)]
     pub ttl: u32,
-    /// `per-cluster` (one exporting cluster's address per answer) or
-    /// `clusterset-ip`.
-    #[arg(long, default_value = "per-cluster")]
+    /// `clusterset-ip` (the import's ClusterSetIP, as the MCS DNS
+    /// specification says) or `per-cluster` (one exporting cluster's address
+    /// per answer, for balancing by DNS).
+    #[arg(long, default_value = "clusterset-ip")]
     pub answer: causeway_lighthouse::dns::AnswerMode,
     /// Answer `<cluster>.<svc>.<ns>.svc.<zone>` with that cluster's instance
     /// (Lighthouse-compatible) instead of NXDOMAIN.
@@ -902,7 +903,7 @@ pub async fn lighthouse(args: LighthouseArgs) -> Result<()> {
     };
     let shutdown = CancellationToken::new();
     // The ClusterSetIPs come from the cluster's ServiceImports; only
-    // `--answer clusterset-ip` reads them, so the per-cluster default needs
+    // `--answer clusterset-ip` reads them, so `--answer per-cluster` needs
     // no access to the cluster's MCS objects.
     let source: Option<Arc<dyn ClusterSource>> = match (args.answer, args.manifests.clone(), kube) {
         (causeway_lighthouse::dns::AnswerMode::PerCluster, _, _) => None,

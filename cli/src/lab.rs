@@ -34,8 +34,8 @@ use serde::Serialize;
 
 use crate::netns;
 use plan::{
-    CALICO_VXLAN_DEVICE, ClusterPlan, Cni, CniChoice, DNS_PORT, ECHO_PORT, ETCD_PORT, LabName,
-    LabPlan, LabSpec, WanPlan, netns_prefix,
+    CALICO_VXLAN_DEVICE, ClusterPlan, Cni, CniChoice, DNS_PORT, ECHO_PORT, ETCD_PORT,
+    HOSTNAME_PORT, LabName, LabPlan, LabSpec, WanPlan, netns_prefix,
 };
 use state::{LabState, ProcessRecord, run_dir};
 
@@ -98,6 +98,8 @@ fn populate(state: &mut LabState) -> Result<()> {
                 &pod.name,
                 "--listen",
                 &format!("0.0.0.0:{ECHO_PORT}"),
+                "--hostname-listen",
+                &format!("0.0.0.0:{HOSTNAME_PORT}"),
             ];
             let target = format!("{}/{}", cluster.name, pod.name);
             spawn(state, &target, &pod.netns, "echo", &causeway_exe()?, &args)?;
@@ -745,7 +747,7 @@ pub fn export(name: &LabName, cluster: &str, service: &str, unexport: bool) -> R
     // The creation time an API server would set: the oldest export wins a conflict.
     let created = k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second)?;
     let manifest = format!(
-        "apiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\nmetadata:\n  name: {svc}\n  namespace: {namespace}\n  creationTimestamp: \"{created}\"\n"
+        "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\nmetadata:\n  name: {svc}\n  namespace: {namespace}\n  creationTimestamp: \"{created}\"\n"
     );
     // Written whole then renamed: the cluster source never reads half a file.
     let tmp = file.with_extension("tmp");

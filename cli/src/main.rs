@@ -283,6 +283,10 @@ enum LabCmd {
         pod: String,
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
+        /// Also answer TCP connections and UDP datagrams here with the
+        /// same JSON (the MCS conformance suite's `serve-hostname`).
+        #[arg(long)]
+        hostname_listen: Option<SocketAddr>,
     },
 }
 
@@ -569,7 +573,13 @@ fn run_lab(cmd: LabCmd) -> Result<()> {
             cluster,
             pod,
             listen,
-        } => tokio::runtime::Runtime::new()?.block_on(lab::echo::serve(listen, cluster, pod)),
+            hostname_listen,
+        } => tokio::runtime::Runtime::new()?.block_on(lab::echo::serve(
+            listen,
+            hostname_listen,
+            cluster,
+            pod,
+        )),
         LabCmd::Proxy(args) => lab::proxy::command(args),
         LabCmd::Exec { .. } => unreachable!("handled before any thread starts"),
     }

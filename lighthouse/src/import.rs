@@ -273,6 +273,23 @@ pub fn merge<'a>(records: impl IntoIterator<Item = &'a ServiceImport>) -> Option
             }
         }
     }
+    // The union serves every port, yet exports that differ in their ports
+    // still disagree (the conformance suite's "expose the union of the
+    // constituent service ports and raise a conflict").
+    for r in &ordered {
+        for (c, m) in &ports {
+            if **c != r.cluster && !r.ports.contains(m) {
+                note(
+                    ConflictKind::Port,
+                    format!(
+                        "cluster {} does not export port {} of cluster {c}",
+                        r.cluster,
+                        describe_port(m)
+                    ),
+                );
+            }
+        }
+    }
     Some(Merged {
         namespace: winner.namespace.to_string(),
         name: winner.name.to_string(),

@@ -8,6 +8,10 @@ use causeway_tests::{Lab, causeway, ok};
 
 const NAME: &str = "web.default.svc.clusterset.local";
 
+/// These tests check the Lighthouse-style answers (an exporting cluster's
+/// address); the ClusterSetIP answer, the default, is `mcs_dns`'s.
+const PER_CLUSTER: &[&str] = &["--dns-answer", "per-cluster"];
+
 /// `dig +short` from `target`, retried until `want` holds (bounded: 20 s).
 fn dig_until(lab: &Lab, target: &str, args: &[&str], want: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -29,7 +33,7 @@ fn dig_until(lab: &Lab, target: &str, args: &[&str], want: impl Fn(&str) -> bool
 
 #[test]
 fn a_pod_finds_a_service_of_another_cluster_by_name() {
-    let lab = Lab::up("dns", &[]);
+    let lab = Lab::up("dns", PER_CLUSTER);
     lab.export("b", "default/web");
 
     let answer = dig_until(&lab, "a/client-0", &["+short", NAME], |t| {
@@ -70,7 +74,7 @@ fn a_pod_finds_a_service_of_another_cluster_by_name() {
 
 #[test]
 fn a_cluster_whose_tunnel_is_down_leaves_the_answers_and_comes_back() {
-    let lab = Lab::up("dnsh", &[]);
+    let lab = Lab::up("dnsh", PER_CLUSTER);
     lab.export("b", "default/web");
     dig_until(&lab, "a/client-0", &["+short", NAME], |t| {
         t.trim() == "242.1.0.10"
@@ -99,7 +103,7 @@ fn a_cluster_whose_tunnel_is_down_leaves_the_answers_and_comes_back() {
 #[test]
 fn a_headless_export_answers_with_its_endpoints_and_a_local_export_without_endpoints_yields_to_a_remote_one()
  {
-    let lab = Lab::up("dnshl", &[]);
+    let lab = Lab::up("dnshl", PER_CLUSTER);
     // A headless Service over b's web pods, with hostnames as a StatefulSet gives them.
     lab.write_manifest("b",
         "service-default-db.yaml",

@@ -1,5 +1,5 @@
-//! DNS answers the ClusterSetIP: with `lab up --dns-answer clusterset-ip`
-//! each cluster's `causeway lighthouse` reads the cluster's MCS
+//! DNS answers the ClusterSetIP by default: each cluster's
+//! `causeway lighthouse` reads the cluster's MCS
 //! ServiceImports (`--manifests`) and answers
 //! `web.default.svc.clusterset.local` with the import's `spec.ips`, the
 //! derived Service's ClusterIP, which the cluster's service proxy carries
@@ -69,16 +69,10 @@ fn answers_the_cluster_set_ip_that_reaches_b(lab: &Lab) {
 
 #[test]
 fn dns_answers_the_cluster_set_ip_and_a_pod_reaches_b_through_it() {
-    answers_the_cluster_set_ip_that_reaches_b(&Lab::up(
-        "mcsns",
-        &["--dns-answer", "clusterset-ip"],
-    ));
+    answers_the_cluster_set_ip_that_reaches_b(&Lab::up("mcsns", &[]));
 }
 
 #[test]
 fn dns_answers_the_cluster_set_ip_and_a_pod_reaches_b_through_it_without_globalnet() {
-    answers_the_cluster_set_ip_that_reaches_b(&Lab::up(
-        "mcsnu",
-        &["--dns-answer", "clusterset-ip", "--distinct-cidrs"],
-    ));
+    answers_the_cluster_set_ip_that_reaches_b(&Lab::up("mcsnu", &["--distinct-cidrs"]));
 }

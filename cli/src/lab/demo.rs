@@ -1,7 +1,8 @@
 //! `causeway lab demo`: the main job, told as a story. Two clusters with
 //! identical CIDRs; `default/web` exported from b; from a pod in a, its
-//! `clusterset.local` name resolves to b's global IP and an HTTP request by
-//! name is served by b. Everything is taken down at the end (unless `--keep`).
+//! `clusterset.local` name resolves to a's ClusterSetIP for the import, and
+//! an HTTP request by name is carried by a's service proxy to b's global IP
+//! and served by b. Everything is taken down at the end (unless `--keep`).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -73,9 +74,18 @@ fn tell(name: &LabName) -> Result<()> {
         Ok(out)
     })?;
     println!(
-        "    {NAME} -> {}  (b's global IP for default/web)",
+        "    {NAME} -> {}  (the ClusterSetIP of a's ServiceImport: a virtual IP in a's own service CIDR)",
         answer.trim()
     );
+    let status = status(name)?;
+    if let Some(global) = status
+        .globalnet
+        .get("b")
+        .and_then(|b| b.exports.get("default/web"))
+        .and_then(|ips| ips.first())
+    {
+        println!("    a's service proxy sends it on to {global}, b's global IP for default/web");
+    }
     say(&format!("From a/client-0: curl http://{NAME}/"));
     let reply: EchoReply = eventually(|| {
         parse(&run_in(
@@ -89,7 +99,7 @@ fn tell(name: &LabName) -> Result<()> {
         reply.cluster, reply.pod, reply.client
     );
     say(
-        "Identical CIDRs never met: a's pod reached b's service through Globalnet's global addresses.",
+        "Identical CIDRs never met: a's pod reached b's service through its ClusterSetIP and Globalnet's global addresses.",
     );
     Ok(())
 }

@@ -3,13 +3,18 @@
 //! which is how tests tell which cluster answered and whether NAT happened.
 //! `GET /bytes/N` answers N bytes instead, to push large responses through
 //! a tunnel.
+//!
+//! With `--hostname-listen`, the pod also answers every TCP connection and
+//! every UDP datagram on that address with the same JSON, as the MCS
+//! conformance suite's `serve-hostname` pods do; the suite probes them with
+//! `nc`.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// The JSON every plain request gets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,8 +31,74 @@ const MAX_REQUEST: usize = 16 * 1024;
 /// The largest body `/bytes/N` serves.
 const MAX_BYTES: u64 = 1 << 30;
 
-/// Serves until the process is stopped.
-pub async fn serve(listen: SocketAddr, cluster: String, pod: String) -> Result<()> {
+/// Serves HTTP on `listen` (and, with `hostname`, TCP and UDP there) until
+/// the process is stopped.
+pub async fn serve(
+    listen: SocketAddr,
+    hostname: Option<SocketAddr>,
+    cluster: String,
+    pod: String,
+) -> Result<()> {
+    match hostname {
+        None => serve_http(listen, cluster, pod).await,
+        Some(addr) => {
+            tokio::try_join!(
+                serve_http(listen, cluster.clone(), pod.clone()),
+                serve_hostname_tcp(addr, cluster.clone(), pod.clone()),
+                serve_hostname_udp(addr, cluster, pod),
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// Every connection gets one JSON line, then the server closes it.
+async fn serve_hostname_tcp(listen: SocketAddr, cluster: String, pod: String) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on tcp {listen}"))?;
+    loop {
+        let (mut stream, client) = listener.accept().await.context("accept")?;
+        let line = reply_line(&cluster, &pod, client)?;
+        tokio::spawn(async move {
+            if let Err(e) = async {
+                stream.write_all(&line).await?;
+                stream.shutdown().await
+            }
+            .await
+            {
+                tracing::debug!(%client, error = %e, "hostname reply failed");
+            }
+        });
+    }
+}
+
+/// Every datagram gets one JSON line back.
+async fn serve_hostname_udp(listen: SocketAddr, cluster: String, pod: String) -> Result<()> {
+    let socket = UdpSocket::bind(listen)
+        .await
+        .with_context(|| format!("listen on udp {listen}"))?;
+    let mut buf = [0u8; 2048];
+    loop {
+        let (_, client) = socket.recv_from(&mut buf).await.context("recv")?;
+        let line = reply_line(&cluster, &pod, client)?;
+        if let Err(e) = socket.send_to(&line, client).await {
+            tracing::debug!(%client, error = %e, "hostname reply failed");
+        }
+    }
+}
+
+fn reply_line(cluster: &str, pod: &str, client: SocketAddr) -> Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(&EchoReply {
+        cluster: cluster.to_owned(),
+        pod: pod.to_owned(),
+        client: client.to_string(),
+    })?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+async fn serve_http(listen: SocketAddr, cluster: String, pod: String) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;

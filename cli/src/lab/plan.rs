@@ -32,6 +32,9 @@ const BROKER_WAN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 
 /// Port the lab's `web` pods serve the echo server on.
 pub const ECHO_PORT: u16 = 8080;
+/// Where web pods answer TCP and UDP with who they are (`nc`'s port in the
+/// MCS conformance suite).
+pub const HOSTNAME_PORT: u16 = 42;
 
 /// Port the lab's `dns` pod answers `clusterset.local` on.
 pub const DNS_PORT: u16 = 53;

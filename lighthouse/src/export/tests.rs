@@ -449,12 +449,12 @@ fn conflict_table() {
             "PortConflict",
         ),
         (
-            "an extra port is a union, not a conflict",
+            "an extra port joins the union and is still a conflict",
             "c",
             ClusterSetIP,
             vec![http(80), port(Some("metrics"), 9090, tcp)],
             vec![import("b", ClusterSetIP, vec![http(80)])],
-            "NoConflicts",
+            "PortConflict",
         ),
         (
             "same port over UDP under the same name",
@@ -904,7 +904,7 @@ fn every_conflict_kind_reaches_the_condition_of_both_exports() {
     assert_eq!(c.status, ConditionStatus::True);
     assert_eq!(
         c.reason,
-        "SessionAffinityConflict,LabelsConflict,AnnotationsConflict,InternalTrafficPolicyConflict,TrafficDistributionConflict",
+        "PortConflict,SessionAffinityConflict,LabelsConflict,AnnotationsConflict,InternalTrafficPolicyConflict,TrafficDistributionConflict",
         "{c:?}"
     );
     assert!(

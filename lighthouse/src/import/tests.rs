@@ -192,10 +192,17 @@ fn port_rules() {
     );
     let cases: Vec<Case> = vec![
         (
-            "different names give the union",
+            "different names give the union, and still a conflict",
             vec![tcp("tcp", 42)],
             vec![tcp("tcp", 42), port(Some("stcp"), 142, Protocol::Sctp)],
             vec![tcp("tcp", 42), port(Some("stcp"), 142, Protocol::Sctp)],
+            true,
+        ),
+        (
+            "the same ports agree",
+            vec![tcp("tcp", 42), tcp("metrics", 9090)],
+            vec![tcp("metrics", 9090), tcp("tcp", 42)],
+            vec![tcp("tcp", 42), tcp("metrics", 9090)],
             false,
         ),
         (

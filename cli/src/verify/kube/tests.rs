@@ -383,6 +383,7 @@ async fn the_client_script_probes_and_prints_one_line_each() {
     drop(listener);
     let server = tokio::spawn(crate::lab::echo::serve(
         addr,
+        None,
         "b".into(),
         "cwv-r-b-echo".into(),
     ));
