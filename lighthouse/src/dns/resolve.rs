@@ -35,11 +35,11 @@ pub const DNS_SCHEMA_VERSION: &str = "1.0.0";
 pub enum AnswerMode {
     /// One exporting cluster's address per answer: the local cluster's when
     /// it exports the service, else round-robin across reachable clusters
-    /// (`--answer per-cluster`, what the Lighthouse tests pin).
-    #[default]
+    /// (`--answer per-cluster`, for balancing by DNS).
     PerCluster,
-    /// The import's ClusterSetIP (issue 10); imports that have none yet are
-    /// answered per cluster.
+    /// The import's ClusterSetIP, as the MCS DNS specification says (the
+    /// default); imports that have none yet are answered per cluster.
+    #[default]
     ClusterSetIp,
 }
 
@@ -89,7 +89,7 @@ impl ResolverOptions {
         Ok(Self {
             zone: name.to_lowercase(),
             ttl: DEFAULT_TTL,
-            answer_mode: AnswerMode::PerCluster,
+            answer_mode: AnswerMode::default(),
             cluster_names: false,
             nameserver_addresses: Vec::new(),
         })
