@@ -332,3 +332,40 @@ impl Drop for Lab {
         let _ = causeway(&["lab", "down", "--name", &self.name]);
     }
 }
+
+/// Waits (bounded: `secs`) until `probe` gives a value; fails the test
+/// with `what` when it never does.
+pub fn within<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Checks that `holds` stays true for `secs`, polled every 100 ms.
+pub fn consistently(secs: u64, what: &str, mut holds: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        assert!(holds(), "{what}: no longer true");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The clusters an MCS ServiceImport's status lists.
+pub fn import_clusters(import: &serde_yaml::Value) -> Vec<String> {
+    import["status"]["clusters"]
+        .as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|c| c["cluster"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

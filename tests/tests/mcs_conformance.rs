@@ -395,7 +395,7 @@ conformance! {
         let s = Suite::exported_from_a(config, &Hello::default(), &plain());
         s.await_import("a", |_| true);
         for cluster in CLUSTERS {
-            let answer = s.dig(cluster, &["+noshort", "hello.default.svc.cluster.local"]);
+            let answer = s.dig_status(cluster, "hello.default.svc.cluster.local");
             assert!(answer.contains("status: REFUSED"), "from {cluster}: {answer}");
         }
     }
@@ -534,6 +534,39 @@ conformance! {
         suite::consistently(3, "b has no prod namespace, so no import", || !std::path::Path::new(&path("b")).exists());
         s.lab.write_manifest("b", "prod-namespace.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n");
         suite::within(20, "b's prod/web import once b has prod", || std::path::Path::new(&path("b")).exists().then_some(()));
+    }
+
+    /// An export created before its Service: Valid is False (`NoService`)
+    /// and nothing is imported until the Service appears, then it works.
+    fn an_export_created_before_its_service_starts_working_when_the_service_appears(config) {
+        let s = Suite::up(config);
+        s.export("a", &plain());
+        let valid = s.await_condition("a", "Valid", "False");
+        assert_eq!(valid["reason"], "NoService", "{valid}");
+        s.ensure_no_import("b");
+        s.deploy("a", &Hello::default());
+        s.await_condition("a", "Valid", "True");
+        s.await_answers(42, "a", 1);
+    }
+
+    /// With both clusters exporting and `sessionAffinity: ClientIP`, the
+    /// service proxy keeps a client on one pod, so on one cluster, for
+    /// every new connection within the timeout.
+    fn with_client_ip_affinity_a_client_stays_on_one_cluster(config) {
+        let s = Suite::exported_from_a_then_b(config, &Hello::default(), &plain(), &Hello::default(), &plain());
+        s.await_import("a", |i| exporters(i) == ["a", "b"]);
+        for from in CLUSTERS {
+            s.await_mcs_slices(from, |slices| slices.len() == 2);
+            let first = suite::within(20, &format!("an answer from {from}"), || s.nc_reply(from, 42, false));
+            for _ in 0..9 {
+                let next = s.nc_reply(from, 42, false).expect("an answer");
+                assert_eq!(
+                    (&next["cluster"], &next["pod"]),
+                    (&first["cluster"], &first["pod"]),
+                    "from {from}: ClientIP affinity keeps one endpoint"
+                );
+            }
+        }
     }
 
     /// Every conflict kind two ClusterSetIP exports can have: the second

@@ -5,9 +5,9 @@
 //! and each import names its derived Service.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use causeway_tests::Lab;
+use causeway_tests::{Lab, within};
 use serde_yaml::Value;
 
 /// `derived-` + base32hex(sha256("default/web"))[..10], as the reference
@@ -19,18 +19,6 @@ fn manifests(lab: &Lab, cluster: &str) -> PathBuf {
         "/run/causeway/lab/{}/clusters/{cluster}/manifests",
         lab.name
     ))
-}
-
-/// Waits (bounded: `secs`) until `probe` gives a value.
-fn within<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The documents of `cluster`'s derived file for default/web.

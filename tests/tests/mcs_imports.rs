@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use causeway_tests::Lab;
+use causeway_tests::{Lab, import_clusters as clusters, within};
 use serde_yaml::Value;
 
 fn import_path(lab: &Lab, cluster: &str, file: &str) -> PathBuf {
@@ -14,18 +14,6 @@ fn import_path(lab: &Lab, cluster: &str, file: &str) -> PathBuf {
         "/run/causeway/lab/{}/clusters/{cluster}/manifests/causeway-imports/{file}",
         lab.name
     ))
-}
-
-/// Waits (bounded: `secs`) until `probe` gives a value.
-fn within<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The ServiceImport file of `cluster`, once it satisfies `want`.
@@ -36,17 +24,6 @@ fn import_where(lab: &Lab, cluster: &str, file: &str, want: impl Fn(&Value) -> b
         let v: Value = serde_yaml::from_str(&text).ok()?;
         want(&v).then_some(v)
     })
-}
-
-fn clusters(v: &Value) -> Vec<String> {
-    v["status"]["clusters"]
-        .as_sequence()
-        .map(|s| {
-            s.iter()
-                .filter_map(|c| c["cluster"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

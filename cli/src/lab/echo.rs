@@ -52,7 +52,7 @@ pub async fn serve(
     }
 }
 
-/// Every connection gets one JSON line, then the server closes it.
+/// Every connection gets one JSON line, then the server ends its side.
 async fn serve_hostname_tcp(listen: SocketAddr, cluster: String, pod: String) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
@@ -63,7 +63,18 @@ async fn serve_hostname_tcp(listen: SocketAddr, cluster: String, pod: String) ->
         tokio::spawn(async move {
             if let Err(e) = async {
                 stream.write_all(&line).await?;
-                stream.shutdown().await
+                stream.shutdown().await?;
+                // Closing with the client's bytes unread would send a reset,
+                // which can discard the line before the client reads it: read
+                // until the client closes too (bounded).
+                let mut sink = [0u8; 1024];
+                let drain = async {
+                    while stream.read(&mut sink).await? > 0 {}
+                    Ok::<_, std::io::Error>(())
+                };
+                tokio::time::timeout(std::time::Duration::from_secs(5), drain)
+                    .await
+                    .unwrap_or(Ok(()))
             }
             .await
             {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use causeway_tests::Lab;
+pub use causeway_tests::{consistently, import_clusters as exporters, within};
 use serde_json::Value as Json;
 use serde_yaml::Value;
 
@@ -348,14 +349,19 @@ impl Suite {
     /// `echo hi | nc -w 2 FQDN PORT` (`-u` for UDP) from `cluster`'s
     /// client pod: the cluster that answered, if any did.
     pub fn nc(&self, cluster: &str, port: u16, udp: bool) -> Option<String> {
+        let reply = self.nc_reply(cluster, port, udp)?;
+        reply["cluster"].as_str().map(str::to_owned)
+    }
+
+    /// The whole JSON answer `nc` got, if any.
+    pub fn nc_reply(&self, cluster: &str, port: u16, udp: bool) -> Option<Json> {
         let flags = if udp { "-u -w 1" } else { "-w 2" };
         let out = self.lab.exec(
             &format!("{cluster}/client-0"),
             &["sh", "-c", &format!("echo hi | nc {flags} {FQDN} {port}")],
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        let reply: Json = serde_json::from_str(text.lines().next()?).ok()?;
-        reply["cluster"].as_str().map(str::to_owned)
+        serde_json::from_str(text.lines().next()?).ok()
     }
 
     /// The suite's `execPortConnectivityCommand`: from a pod of every
@@ -398,6 +404,19 @@ impl Suite {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The whole `dig NAME` output from `cluster`, once it has a response
+    /// code (bounded: 20 s).
+    pub fn dig_status(&self, cluster: &str, name: &str) -> String {
+        within(20, &format!("dig {name} from {cluster}"), || {
+            let out = self.lab.exec(
+                &format!("{cluster}/client-0"),
+                &["dig", "+time=1", "+tries=2", name],
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("status:").then_some(text)
+        })
+    }
+
     /// `dig +short ARGS` from `cluster`, once `want` holds (bounded: 20 s).
     pub fn await_dig(&self, cluster: &str, args: &[&str], want: impl Fn(&str) -> bool) -> String {
         within(
@@ -430,39 +449,6 @@ pub fn ports(import: &Value) -> Vec<(String, u64, String)> {
         .unwrap_or_default();
     out.sort();
     out
-}
-
-/// The clusters the import's status lists.
-pub fn exporters(import: &Value) -> Vec<String> {
-    import["status"]["clusters"]
-        .as_sequence()
-        .map(|s| {
-            s.iter()
-                .filter_map(|c| c["cluster"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits (bounded: `secs`) until `probe` gives a value.
-pub fn within<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `holds` stays true for `secs`, polled every 100 ms.
-pub fn consistently(secs: u64, what: &str, mut holds: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        assert!(holds(), "{what}: no longer true");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn now_rfc3339() -> String {
