@@ -5,13 +5,15 @@
 #
 # Installs its tools with scripts/k8s-tools.sh (target/k8s-tools/), then for
 # both charts: `helm lint --strict` and `helm template` with the default values
-# (broker chart) and every helm/causeway/ci/*.yaml; every rendered object is
+# (broker chart) and every helm/causeway/ci/*.yaml, with Helm 4 and Helm 3
+# (which must render the same objects); every rendered object is
 # validated strictly against the Kubernetes schemas of the oldest and newest
 # versions docs/install.md supports (helm/test/validate.py); every
 # helm/causeway/ci/bad/*.yaml must fail with the message on its
-# `# expect: ...` line; the CoreDNS Jobs' scripts must add, replace and remove
-# their block (helm/test/hooks.py); and each chart's crds/ must equal
-# `causeway crdgen`.
+# `# expect: ...` line (under Helm 3, its `# expect-helm3: ...` line if it
+# has one); the CoreDNS Jobs' scripts must add, replace and remove their
+# block (helm/test/hooks.py); and each chart's crds/ must equal `causeway
+# crdgen`.
 # Exits non-zero on any failure; prints a summary.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,7 @@ NEWEST=1.37.0
 
 scripts/k8s-tools.sh || exit 1
 HELM=target/k8s-tools/bin/helm
+HELM3=target/k8s-tools/bin/helm3
 PY=target/k8s-tools/venv/bin/python
 BIN=${CAUSEWAY_BIN:-target/debug/causeway}
 OUT=target/helm-test
@@ -39,13 +42,17 @@ bad() {
   return 0
 }
 
-# lint_and_render CHART NAME [VALUES]: lint --strict, render for both versions.
+# lint_and_render CHART NAME [VALUES]: lint --strict, render for both
+# Kubernetes versions with Helm 4; Helm 3 must lint it and render the same.
 rendered=()
 lint_and_render() {
   local chart=$1 name=$2 values=${3:-} args=()
   [ -n "$values" ] && args=(-f "$values")
   if "$HELM" lint --strict "$chart" "${args[@]}" >"$OUT/$name.lint" 2>&1; then ok; else
     bad "helm lint --strict $chart ${values:-(defaults)}" "$OUT/$name.lint"
+  fi
+  if "$HELM3" lint --strict "$chart" "${args[@]}" >"$OUT/$name.lint3" 2>&1; then ok; else
+    bad "helm3 lint --strict $chart ${values:-(defaults)}" "$OUT/$name.lint3"
   fi
   local v
   for v in "$OLDEST" "$NEWEST"; do
@@ -56,6 +63,14 @@ lint_and_render() {
       rendered+=("$f")
     else
       bad "helm template $chart ${values:-(defaults)} --kube-version $v" "$OUT/$name-$v.err"
+    fi
+    if "$HELM3" template causeway "$chart" --namespace causeway --kube-version "$v" "${args[@]}" \
+      >"$f.helm3" 2>"$OUT/$name-$v.err3"; then
+      if diff -u "$f" "$f.helm3" >"$OUT/$name-$v.helm3.diff"; then ok; else
+        bad "helm3 template $chart ${values:-(defaults)} --kube-version $v renders other objects than Helm 4" "$OUT/$name-$v.helm3.diff"
+      fi
+    else
+      bad "helm3 template $chart ${values:-(defaults)} --kube-version $v" "$OUT/$name-$v.err3"
     fi
   done
 }
@@ -88,15 +103,20 @@ for values in helm/causeway/ci/bad/*.yaml; do
     bad "$values has no '# expect: ...' line"
     continue
   fi
-  log="$OUT/bad-$(basename "$values" .yaml).log"
-  if "$HELM" template causeway helm/causeway --namespace causeway -f "$values" >"$log" 2>&1; then
-    bad "$values rendered, but should fail with: $expect"
-  elif grep -qF -- "$expect" "$log"; then
-    ok
-  else
-    echo "expected: $expect" >>"$log"
-    bad "$values failed with another message" "$log"
-  fi
+  # Helm 3 words schema errors its own way: `# expect-helm3: ...` then.
+  expect3=$(sed -n 's/^# expect-helm3: //p' "$values" | head -n1)
+  for helm in "$HELM" "$HELM3"; do
+    [ "$helm" = "$HELM3" ] && [ -n "$expect3" ] && expect=$expect3
+    log="$OUT/bad-$(basename "$values" .yaml)-$(basename "$helm").log"
+    if "$helm" template causeway helm/causeway --namespace causeway -f "$values" >"$log" 2>&1; then
+      bad "$values rendered with $(basename "$helm"), but should fail with: $expect"
+    elif grep -qF -- "$expect" "$log"; then
+      ok
+    else
+      echo "expected: $expect" >>"$log"
+      bad "$values failed with another message under $(basename "$helm")" "$log"
+    fi
+  done
 done
 
 # The default values of the cluster chart need a cluster id.
