@@ -22,7 +22,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime};
 
-use causeway_tests::{Lab, causeway, ok};
+use causeway_tests::{Lab, causeway, ok, within};
 use nix::sched::CloneFlags;
 use serde_json::Value as Json;
 use serde_yaml::Value;
@@ -95,18 +95,6 @@ fn warm_up(addr: SocketAddr, want: &[&str]) {
             }
             None => std::thread::sleep(Duration::from_millis(100)),
         }
-    }
-}
-
-/// Waits (bounded: `secs`) until `probe` gives a value.
-fn within<T>(secs: u64, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
