@@ -21,8 +21,9 @@ use tokio::sync::watch;
 
 pub use kubernetes::KubeSource;
 pub use manifest::{
-    DERIVED_DIR, IMPORTS_DIR, Manifest, ManifestDerivedWriter, ManifestDirSource, ManifestError,
-    ManifestImportWriter, parse_manifests, render_derived, render_import,
+    DERIVED_DIR, EXPORT_STATUS_DIR, IMPORTS_DIR, Manifest, ManifestDerivedWriter,
+    ManifestDirSource, ManifestError, ManifestExportStatusWriter, ManifestImportWriter,
+    parse_manifests, render_derived, render_import,
 };
 
 use crate::mcs::{DerivedWriter, ImportWriter, ServiceExport, ServiceImport};

@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use causeway_api::election::{ElectionConfig, Elector, EtcdElector, KubeLeaseElector, LeaseConfig};
 use causeway_api::records::{CableBackend, ClusterId, GlobalCidr};
-use causeway_api::source::{ClusterSource, KubeSource, ManifestDirSource};
+use causeway_api::source::{
+    ClusterSource, KubeSource, ManifestDirSource, ManifestExportStatusWriter,
+};
 use causeway_api::store::{EtcdConfig, EtcdStore, KubeStore, Store};
 use causeway_gateway::cable::embedded::EmbeddedCable;
 use causeway_gateway::cable::mtu::{Family, tunnel_mtu};
@@ -416,13 +418,18 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     let (broker_tx, broker_rx) = watch::channel(None);
     tokio::spawn(connect_broker(broker_file, broker_tx, shutdown.clone()));
 
-    let source: Option<Arc<dyn ClusterSource>> = match args.manifests.clone() {
-        Some(dir) => Some(Arc::new(ManifestDirSource::spawn(
-            dir,
-            Duration::from_millis(200),
-            shutdown.clone(),
-        ))),
-        None => kube_source,
+    // A manifest directory holds the ServiceExports, so their statuses too.
+    let (source, export_writer): (Option<Arc<dyn ClusterSource>>, _) = match args.manifests.clone()
+    {
+        Some(dir) => (
+            Some(Arc::new(ManifestDirSource::spawn(
+                dir.clone(),
+                Duration::from_millis(200),
+                shutdown.clone(),
+            ))),
+            Some(Arc::new(ManifestExportStatusWriter::new(dir)) as Arc<dyn StatusWriter>),
+        ),
+        None => (kube_source, export_writer),
     };
     let (nat_tx, nat_rx) = watch::channel(None);
     let datapath = KernelDatapath::new(

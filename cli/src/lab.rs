@@ -742,6 +742,15 @@ pub fn export(name: &LabName, cluster: &str, service: &str, unexport: bool) -> R
             }
             Err(e) => return Err(e).with_context(|| format!("remove {}", file.display())),
         }
+        // The API server deletes an object's status with it.
+        let status =
+            causeway_api::source::ManifestExportStatusWriter::new(state.manifests_dir(&plan.name))
+                .path(namespace, svc);
+        if let Err(e) = fs::remove_file(&status)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(e).with_context(|| format!("remove {}", status.display()));
+        }
         return Ok(file);
     }
     // The creation time an API server would set: the oldest export wins a conflict.

@@ -13,7 +13,9 @@
 //! ServiceExports and ServiceImports are read in `multicluster.x-k8s.io`
 //! v1alpha1 and v1beta1. The directory also takes writes: the import
 //! controller's ServiceImports go to `causeway-imports/` ([`imports`]), derived
-//! Services and their EndpointSlices to `causeway-derived/` ([`derived`]).
+//! Services and their EndpointSlices to `causeway-derived/` ([`derived`]),
+//! the export agent's ServiceExport statuses to `causeway-export-status/`
+//! ([`export_status`]), shown on the ServiceExport of the same name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,9 +33,11 @@ use super::{ClusterSource, ClusterState};
 use crate::mcs::{DerivedWriter, ImportWriter, ServiceExport, ServiceImport};
 
 mod derived;
+mod export_status;
 mod imports;
 
 pub use derived::{DERIVED_DIR, ManifestDerivedWriter, render_derived};
+pub use export_status::{EXPORT_STATUS_DIR, ManifestExportStatusWriter};
 pub use imports::{IMPORTS_DIR, ManifestImportWriter, render_import};
 
 /// The namespaces an API server creates itself.
@@ -51,6 +55,8 @@ pub enum Manifest {
     ServiceExport(Box<ServiceExport>),
     /// A ServiceImport.
     ServiceImport(Box<ServiceImport>),
+    /// The status of a ServiceExport, from `causeway-export-status/`.
+    ExportStatus(Box<ServiceExport>),
     /// A Node.
     Node(Box<Node>),
     /// A Namespace.
@@ -219,6 +225,7 @@ pub(crate) fn build_state<'a>(files: impl IntoIterator<Item = &'a Vec<Manifest>>
         };
         s.namespaces.insert((String::new(), name.to_owned()), ns);
     }
+    let mut statuses = Vec::new();
     for m in files.into_iter().flatten() {
         match m {
             Manifest::Service(o) => {
@@ -252,7 +259,15 @@ pub(crate) fn build_state<'a>(files: impl IntoIterator<Item = &'a Vec<Manifest>>
                 s.namespaces
                     .insert(ns_name(&o.metadata, false), (**o).clone());
             }
+            Manifest::ExportStatus(o) => statuses.push(o),
             Manifest::Other { .. } => {}
+        }
+    }
+    // A status shows on its ServiceExport; one whose export is gone shows
+    // nowhere.
+    for o in statuses {
+        if let Some(export) = s.service_exports.get_mut(&ns_name(&o.metadata, true)) {
+            export.status.clone_from(&o.status);
         }
     }
     s
@@ -422,9 +437,11 @@ impl Poller {
                 continue;
             }
             changed = true;
+            let statuses = path.starts_with(dir.join(EXPORT_STATUS_DIR));
             let parsed = std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|t| parse_manifests(&t).map_err(|e| e.to_string()));
+                .and_then(|t| parse_manifests(&t).map_err(|e| e.to_string()))
+                .map(|m| if statuses { as_statuses(m) } else { m });
             match parsed {
                 Ok(m) => {
                     debug!(path = %path.display(), objects = m.len(), "manifest read");
@@ -441,6 +458,17 @@ impl Poller {
         }
         changed
     }
+}
+
+/// The ServiceExports of a status file are statuses, nothing else.
+fn as_statuses(manifests: Vec<Manifest>) -> Vec<Manifest> {
+    manifests
+        .into_iter()
+        .filter_map(|m| match m {
+            Manifest::ServiceExport(o) => Some(Manifest::ExportStatus(o)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

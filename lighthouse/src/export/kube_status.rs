@@ -5,13 +5,15 @@
 //! wants with those the cluster source last saw on each ServiceExport and
 //! keeps a condition's `lastTransitionTime` while its status holds. A
 //! [`StatusWriter`] applies the difference: [`KubeStatusWriter`] with a
-//! merge patch of the status subresource, [`FakeStatusWriter`] in memory.
+//! merge patch of the status subresource, the manifest directory's
+//! [`ManifestExportStatusWriter`] as a file beside the ServiceExports (the
+//! lab), [`FakeStatusWriter`] in memory.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use causeway_api::mcs::{McsCondition, ServiceExport, ServiceExportStatus};
-use causeway_api::source::ClusterState;
+use causeway_api::source::{ClusterState, ManifestExportStatusWriter};
 use kube::api::{Api, Patch, PatchParams};
 
 use super::{ExportKey, ExportStatuses};
@@ -93,6 +95,18 @@ impl StatusWriter for KubeStatusWriter {
         api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map(|_| ())
+            .map_err(|e| Error::WriteExportStatus {
+                export: key.to_string(),
+                source: Box::new(e),
+            })
+    }
+}
+
+#[async_trait::async_trait]
+impl StatusWriter for ManifestExportStatusWriter {
+    async fn write(&self, key: &ExportKey, status: &ServiceExportStatus) -> Result<(), Error> {
+        ManifestExportStatusWriter::write(self, &key.namespace, &key.name, status)
+            .await
             .map_err(|e| Error::WriteExportStatus {
                 export: key.to_string(),
                 source: Box::new(e),

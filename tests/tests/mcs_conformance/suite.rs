@@ -3,8 +3,10 @@
 //! web pods every lab cluster runs (they answer on 42 with who they are,
 //! as the suite's socat pods do), its ServiceExport, and its probes: the
 //! ServiceImport, the ServiceExport's conditions, the MCS EndpointSlices,
-//! `nc` and `dig` from a pod of every cluster. Cluster `a` is the suite's
-//! first cluster, `b` its second.
+//! `nc` and `dig` from a pod of every cluster. Conditions are read from
+//! the ServiceExport's status, which the export agent writes into the
+//! lab's API stand-in as it patches the status subresource on Kubernetes.
+//! Cluster `a` is the suite's first cluster, `b` its second.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -295,16 +297,19 @@ impl Suite {
     }
 
     /// Condition `kind` of hello's ServiceExport in `cluster`, as the export
-    /// agent last wrote it.
+    /// agent last wrote it to the ServiceExport's status.
     pub fn condition(&self, cluster: &str, kind: &str) -> Option<Json> {
         let path = format!(
-            "/run/causeway/lab/{}/clusters/{cluster}/export-status.json",
+            "/run/causeway/lab/{}/clusters/{cluster}/manifests/causeway-export-status/{NAMESPACE}.{NAME}.yaml",
             self.lab.name
         );
         let text = std::fs::read_to_string(path).ok()?;
-        let all: Json = serde_json::from_str(&text).ok()?;
-        let condition = &all[format!("{NAMESPACE}/{NAME}")][kind.to_lowercase()];
-        (!condition.is_null()).then(|| condition.clone())
+        let export: Value = serde_yaml::from_str(&text).ok()?;
+        let condition = export["status"]["conditions"]
+            .as_sequence()?
+            .iter()
+            .find(|c| c["type"] == kind)?;
+        serde_json::to_value(condition).ok()
     }
 
     /// Waits until the `Conflict` condition of `cluster`'s export is True

@@ -467,3 +467,43 @@ async fn derived_services_written_to_the_directory_are_read_back_and_removed() {
     assert!(!file.exists());
     wait_until(&mut rx, "derived removed", |s| s.services.is_empty()).await;
 }
+
+#[tokio::test]
+async fn an_export_status_written_to_the_directory_shows_on_its_service_export() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("svc.yaml"), SVC).unwrap();
+    let cancel = CancellationToken::new();
+    let _guard = cancel.clone().drop_guard();
+    let src = ManifestDirSource::spawn(dir.path().into(), Duration::from_millis(50), cancel);
+    let writer = ManifestExportStatusWriter::new(dir.path());
+    let status = crate::mcs::ServiceExportStatus {
+        conditions: vec![crate::mcs::McsCondition {
+            type_: "Valid".into(),
+            status: "True".into(),
+            last_transition_time: Some("2026-11-23T22:00:00Z".into()),
+            reason: Some("Valid".into()),
+            message: Some("Service prod/web exists".into()),
+        }],
+    };
+    writer.write("prod", "web", &status).await.unwrap();
+    // A status whose ServiceExport does not exist shows nowhere.
+    writer.write("prod", "gone", &status).await.unwrap();
+    assert!(
+        dir.path()
+            .join("causeway-export-status/prod.web.yaml")
+            .exists()
+    );
+
+    let mut rx = src.state();
+    let key = ("prod".to_owned(), "web".to_owned());
+    wait_until(&mut rx, "status read", |s| {
+        s.service_exports
+            .get(&key)
+            .is_some_and(|e| e.status.is_some())
+    })
+    .await;
+    let state = rx.borrow().clone();
+    assert_eq!(state.service_exports[&key].status, Some(status));
+    assert_eq!(state.service_exports.len(), 1, "a status is not an export");
+    assert!(src.problems().borrow().is_empty());
+}
