@@ -48,7 +48,8 @@ use crate::pacing::Pacing;
 pub enum ConflictKind {
     /// ClusterSetIP against Headless.
     Type,
-    /// One port name (or pair) with different numbers (or names).
+    /// One port name (or pair) with different numbers (or names), or an
+    /// export without a port of the union.
     Port,
     /// `sessionAffinity`.
     SessionAffinity,

@@ -6,8 +6,8 @@
 //!
 //! With `--hostname-listen`, the pod also answers every TCP connection and
 //! every UDP datagram on that address with the same JSON, as the MCS
-//! conformance suite's `serve-hostname` pods do; the suite probes them with
-//! `nc`.
+//! conformance suite's pods answer with their address; the suite probes
+//! them with `nc`.
 
 use std::net::SocketAddr;
 
