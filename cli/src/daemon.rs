@@ -27,7 +27,7 @@ use causeway_lighthouse::export::kube_status::{KubeStatusWriter, StatusWriter};
 use clap::{Args, ValueEnum};
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 use tokio::sync::watch;
@@ -125,6 +125,9 @@ impl CidrArgs {
 /// The name of the gateway's Lease in the release namespace.
 pub const GATEWAY_LEASE: &str = "causeway-gateway";
 
+/// The Node annotation a gateway node's public address is read from.
+pub const PUBLIC_IP_ANNOTATION: &str = "causeway.io/public-ip";
+
 /// A cluster's Kubernetes API as the daemons use it: what each reads and
 /// writes goes through here, so the RBAC test exercises the same calls.
 #[derive(Clone)]
@@ -180,6 +183,33 @@ impl KubeCluster {
         KubeSource::spawn(self.client.clone(), cancel)
     }
 
+    /// The address node `node` is reached at from other clusters, when its
+    /// annotation [`PUBLIC_IP_ANNOTATION`] names one (a gateway behind NAT:
+    /// each node its own, which one chart value could not give).
+    pub async fn node_public_ip(&self, node: &str) -> Result<Option<IpAddr>> {
+        let nodes: kube::Api<Node> = kube::Api::all(self.client.clone());
+        let Some(found) = nodes.get_opt(node).await.with_context(|| {
+            format!("read Node {node} (for its {PUBLIC_IP_ANNOTATION} annotation)")
+        })?
+        else {
+            return Ok(None);
+        };
+        let Some(value) = found
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PUBLIC_IP_ANNOTATION))
+        else {
+            return Ok(None);
+        };
+        value.trim().parse().map(Some).map_err(|_| {
+            anyhow::anyhow!(
+                "Node {node} has annotation {PUBLIC_IP_ANNOTATION}={value:?}, which is not an IP address: \
+                 fix it (kubectl annotate node {node} --overwrite {PUBLIC_IP_ANNOTATION}=ADDRESS) or pass --public-ip"
+            )
+        })
+    }
+
     /// Writes export conditions to ServiceExport status.
     pub fn status_writer(&self) -> KubeStatusWriter {
         KubeStatusWriter::new(self.client.clone())
@@ -224,7 +254,9 @@ pub struct GatewayArgs {
     /// This node's address on the node network.
     #[arg(long)]
     pub private_ip: IpAddr,
-    /// The address remote gateways reach this node at, when not the private one.
+    /// The address remote gateways reach this node at, when not the private
+    /// one (default with `--store kubernetes`: the node's annotation
+    /// `causeway.io/public-ip`, if it has one).
     #[arg(long)]
     pub public_ip: Option<IpAddr>,
     #[command(flatten)]
@@ -306,16 +338,21 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     let key = KeyPair::load(&args.key_file)?;
     let broker_file = BrokerFile::load(&args.broker_config)?;
     let interface = InterfaceName::new(&args.interface).context("--interface")?;
-    let underlay = args.public_ip.unwrap_or(args.private_ip);
-    let family = if underlay.is_ipv4() {
-        Family::V4
-    } else {
-        Family::V6
-    };
     let store_choice = args.store.choice()?;
     let kube = match &store_choice {
         StoreChoice::Kubernetes { namespace } => Some(KubeCluster::connect(namespace).await?),
         StoreChoice::Etcd(_) => None,
+    };
+    let public_ip = match (args.public_ip, &kube) {
+        (Some(ip), _) => Some(ip),
+        (None, Some(k)) => k.node_public_ip(&args.node).await?,
+        (None, None) => None,
+    };
+    let underlay = public_ip.unwrap_or(args.private_ip);
+    let family = if underlay.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
     };
     if args.cleanup_on_removal && kube.is_none() {
         bail!("--cleanup-on-removal needs --store kubernetes (the removal ConfigMap lives there)");
@@ -381,7 +418,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         cluster: args.cluster.clone(),
         node: args.node.clone(),
         private_ip: args.private_ip,
-        public_ip: args.public_ip,
+        public_ip,
         listen_port: args.listen_port,
         key,
         backend,

@@ -40,10 +40,17 @@ fn net(s: &str) -> IpNet {
 /// `default/web`.
 fn cluster() -> FakeKube {
     let fake = FakeKube::new();
-    for (i, name) in ["node-0", "node-1"].iter().enumerate() {
+    for (i, name) in ["node-0", "node-1", "node-2"].iter().enumerate() {
+        // node-0 is a gateway behind NAT; node-2's annotation is a typo.
+        let annotations = match i {
+            0 => json!({"causeway.io/public-ip": "203.0.113.10"}),
+            2 => json!({"causeway.io/public-ip": "203.0.113"}),
+            _ => json!({}),
+        };
         fake.insert(
             "nodes",
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            json!({"apiVersion": "v1", "kind": "Node",
+                   "metadata": {"name": name, "annotations": annotations},
                    "spec": {"podCIDR": format!("10.244.{i}.0/24"),
                             "podCIDRs": [format!("10.244.{i}.0/24")]}}),
         );
@@ -161,6 +168,18 @@ async fn exercise_gateway(fake: &FakeKube) {
     let k = KubeCluster::new(fake.client(), NS);
     let cidrs = k.cidrs(&[], &[]).await.unwrap();
     assert_eq!(cidrs.pod_cidrs, vec![net("10.244.0.0/16")]);
+    // The public address, from the node's annotation.
+    assert_eq!(
+        k.node_public_ip("node-0").await.unwrap(),
+        Some("203.0.113.10".parse().unwrap())
+    );
+    assert_eq!(k.node_public_ip("node-1").await.unwrap(), None);
+    assert_eq!(k.node_public_ip("node-9").await.unwrap(), None);
+    let typo = k.node_public_ip("node-2").await.unwrap_err().to_string();
+    assert!(
+        typo.contains("not an IP address") && typo.contains("--public-ip"),
+        "{typo}"
+    );
     assert_eq!(cidrs.service_cidrs, vec![net("10.96.0.0/12")]);
     let shutdown = CancellationToken::new();
     let (local, elector, source, export_writer) =
