@@ -8,6 +8,7 @@
 //! source reads both.
 
 mod derived;
+mod fake;
 mod imports;
 
 use std::borrow::Cow;

@@ -9,8 +9,8 @@
 //! implementation lives with its source, `ManifestDerivedWriter`. What to
 //! write is planned in lighthouse.
 
+use super::fake::FakeObjects;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -339,34 +339,23 @@ pub enum DerivedWrite {
 /// and logs the calls; [`FakeDerivedWriter::fail`] makes calls fail.
 #[derive(Debug, Clone, Default)]
 pub struct FakeDerivedWriter {
-    inner: Arc<Mutex<FakeInner>>,
-}
-
-#[derive(Debug, Default)]
-struct FakeInner {
-    objects: BTreeMap<(String, String), Derived>,
-    log: Vec<DerivedWrite>,
-    failing: bool,
+    fake: FakeObjects<Derived, DerivedWrite>,
 }
 
 impl FakeDerivedWriter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FakeInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The objects written and not deleted, by import.
     pub fn objects(&self) -> BTreeMap<(String, String), Derived> {
-        self.lock().objects.clone()
+        self.fake.objects()
     }
 
     /// Every call so far, in order.
     pub fn log(&self) -> Vec<DerivedWrite> {
-        self.lock().log.clone()
+        self.fake.log()
     }
 
     /// Makes every later call fail (true) or succeed (false).
     pub fn fail(&self, failing: bool) {
-        self.lock().failing = failing;
+        self.fake.fail(failing);
     }
 
     fn failure(action: &'static str, ns: &str, name: &str) -> DerivedWriteError {
@@ -385,18 +374,13 @@ impl DerivedWriter for FakeDerivedWriter {
         derived: &Derived,
         stale: &BTreeSet<String>,
     ) -> Result<(), DerivedWriteError> {
-        let mut inner = self.lock();
-        inner.log.push(DerivedWrite::Apply(
-            Box::new(derived.clone()),
-            stale.clone(),
-        ));
-        if inner.failing {
+        let call = DerivedWrite::Apply(Box::new(derived.clone()), stale.clone());
+        let key = (derived.namespace.clone(), derived.import.clone());
+        if !self.fake.call(call, |o| {
+            o.insert(key, derived.clone());
+        }) {
             return Err(Self::failure("write", &derived.namespace, &derived.import));
         }
-        inner.objects.insert(
-            (derived.namespace.clone(), derived.import.clone()),
-            derived.clone(),
-        );
         Ok(())
     }
 
@@ -406,17 +390,13 @@ impl DerivedWriter for FakeDerivedWriter {
         import: &str,
         _slices: &BTreeSet<String>,
     ) -> Result<(), DerivedWriteError> {
-        let mut inner = self.lock();
-        inner.log.push(DerivedWrite::Delete(
-            namespace.to_owned(),
-            import.to_owned(),
-        ));
-        if inner.failing {
+        let key = (namespace.to_owned(), import.to_owned());
+        let call = DerivedWrite::Delete(key.0.clone(), key.1.clone());
+        if !self.fake.call(call, |o| {
+            o.remove(&key);
+        }) {
             return Err(Self::failure("remove", namespace, import));
         }
-        inner
-            .objects
-            .remove(&(namespace.to_owned(), import.to_owned()));
         Ok(())
     }
 }

@@ -6,8 +6,8 @@
 //! The import controller in lighthouse decides what to write; a writer
 //! only applies one object or deletes one, and both are idempotent.
 
+use super::fake::FakeObjects;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
@@ -167,34 +167,31 @@ pub enum ImportWrite {
 /// calls; [`FakeImportWriter::fail`] makes calls fail.
 #[derive(Debug, Clone, Default)]
 pub struct FakeImportWriter {
-    inner: Arc<Mutex<FakeInner>>,
-}
-
-#[derive(Debug, Default)]
-struct FakeInner {
-    objects: BTreeMap<(String, String), ServiceImport>,
-    log: Vec<ImportWrite>,
-    failing: bool,
+    fake: FakeObjects<ServiceImport, ImportWrite>,
 }
 
 impl FakeImportWriter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, FakeInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The objects written and not deleted.
     pub fn objects(&self) -> BTreeMap<(String, String), ServiceImport> {
-        self.lock().objects.clone()
+        self.fake.objects()
     }
 
     /// Every call so far, in order.
     pub fn log(&self) -> Vec<ImportWrite> {
-        self.lock().log.clone()
+        self.fake.log()
     }
 
     /// Makes every later call fail (true) or succeed (false).
     pub fn fail(&self, failing: bool) {
-        self.lock().failing = failing;
+        self.fake.fail(failing);
+    }
+
+    fn failure(action: &'static str, namespace: &str, name: &str) -> ImportWriteError {
+        ImportWriteError::File {
+            action,
+            path: format!("fake/{namespace}.{name}").into(),
+            source: std::io::Error::other("the fake fails"),
+        }
     }
 }
 
@@ -202,34 +199,23 @@ impl FakeImportWriter {
 impl ImportWriter for FakeImportWriter {
     async fn apply(&self, import: &ServiceImport) -> Result<(), ImportWriteError> {
         let key = import_key(import)?;
-        let mut inner = self.lock();
-        inner.log.push(ImportWrite::Apply(Box::new(import.clone())));
-        if inner.failing {
-            return Err(ImportWriteError::File {
-                action: "write",
-                path: format!("fake/{}.{}", key.0, key.1).into(),
-                source: std::io::Error::other("the fake fails"),
-            });
+        let call = ImportWrite::Apply(Box::new(import.clone()));
+        if !self.fake.call(call, |o| {
+            o.insert(key.clone(), import.clone());
+        }) {
+            return Err(Self::failure("write", &key.0, &key.1));
         }
-        inner.objects.insert(key, import.clone());
         Ok(())
     }
 
     async fn delete(&self, namespace: &str, name: &str) -> Result<(), ImportWriteError> {
-        let mut inner = self.lock();
-        inner
-            .log
-            .push(ImportWrite::Delete(namespace.to_owned(), name.to_owned()));
-        if inner.failing {
-            return Err(ImportWriteError::File {
-                action: "remove",
-                path: format!("fake/{namespace}.{name}").into(),
-                source: std::io::Error::other("the fake fails"),
-            });
+        let key = (namespace.to_owned(), name.to_owned());
+        let call = ImportWrite::Delete(key.0.clone(), key.1.clone());
+        if !self.fake.call(call, |o| {
+            o.remove(&key);
+        }) {
+            return Err(Self::failure("remove", namespace, name));
         }
-        inner
-            .objects
-            .remove(&(namespace.to_owned(), name.to_owned()));
         Ok(())
     }
 }
